@@ -1,0 +1,3 @@
+from metric_sim.cli import main
+
+raise SystemExit(main())

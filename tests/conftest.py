@@ -1,0 +1,102 @@
+"""Shared fixtures: one tiny random BERT + word-level tokenizer per session, built in-process.
+
+Nothing is downloaded. Each test gets a deep copy so training in one test cannot
+leak into another.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("METRIC_SIM_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+DEMO_FILE = REPO_ROOT / "metric_sim" / "demo_data" / "demo_pairs.tsv"
+
+requires_data = pytest.mark.skipif(
+    not DATA_DIR.is_dir(), reason=f"real benchmark data not found at {DATA_DIR} (set METRIC_SIM_DATA)"
+)
+
+BASE_WORDS = (
+    "how what why when where which who is are do does can i you my the a an to of in on for and or "
+    "with best way learn python java code list sort reverse capital city country population good bad "
+    "make cook bake rice bread money save invest buy sell car phone battery dog cat train travel visit"
+).split()
+
+
+def build_tiny_tokenizer(extra_texts: list[str] | None = None):
+    """A word-level BERT-style tokenizer over a small fixed vocabulary (+ words of extra_texts)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = list(dict.fromkeys(BASE_WORDS))
+    for text in extra_texts or []:
+        for word in re.findall(r"\w+|[^\w\s]", text.lower()):
+            if word not in words:
+                words.append(word)
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def build_tiny_encoder(*, pooling: str = "mean", normalize: bool = False, seed: int = 0):
+    from transformers import BertConfig, BertModel
+
+    from metric_sim.encoder import Encoder
+
+    demo_texts: list[str] = []
+    if DEMO_FILE.is_file():
+        demo_texts = DEMO_FILE.read_text(encoding="utf-8").split("\n")
+    tokenizer = build_tiny_tokenizer(demo_texts)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertModel(config, add_pooling_layer=False)
+    return Encoder(model, tokenizer, pooling=pooling, normalize=normalize, max_length=32, source="tiny-random-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_session():
+    return build_tiny_encoder()
+
+
+@pytest.fixture()
+def tiny_encoder(tiny_encoder_session):
+    """A fresh deep copy per test of the session's tiny random BERT encoder."""
+    return copy.deepcopy(tiny_encoder_session)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    # Tests share 2 cores; more threads only add contention on tiny models.
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
