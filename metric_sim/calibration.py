@@ -111,7 +111,11 @@ class Calibrator:
         return (self.logits(distances) >= 0).astype(np.int64)
 
     def distance_at(self, probability: float) -> float:
-        """The distance whose probability is ``probability``: the radius for "p >= probability"."""
+        """The distance whose probability is ``probability``: the radius for "p >= probability".
+
+        Negative when ``probability`` exceeds ``p(d=0)``, the most this model can give:
+        then no pair qualifies.
+        """
         probability = require_probability("probability", probability, open_interval=True)
         return (math.log(probability / (1.0 - probability)) - self.bias) / self.weight
 

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from metric_sim.calibration import CalibrationError, Calibrator, SimilarityModel
+from metric_sim.distances import Metric
+
+
+def _separable(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    d_pos = rng.gamma(4.0, 0.1, n)          # similar pairs: small distances
+    d_neg = 1.0 + rng.gamma(4.0, 0.1, n)    # dissimilar: larger
+    distances = np.concatenate([d_pos, d_neg])
+    labels = np.concatenate([np.ones(n, int), np.zeros(n, int)])
+    return distances, labels
+
+
+def test_fit_matches_sklearn_unregularised_and_threshold_is_minus_b_over_w():
+    from sklearn.linear_model import LogisticRegression
+
+    distances, labels = _separable()
+    labels[:20] = 0  # some overlap so the MLE is finite
+    labels[-20:] = 1
+    cal = Calibrator.fit(distances, labels, "euclidean", fitted_on="dev")
+    ref = LogisticRegression(C=np.inf, max_iter=1000).fit(distances[:, None], labels)
+    assert cal.weight == pytest.approx(ref.coef_[0, 0], rel=1e-6)
+    assert cal.bias == pytest.approx(ref.intercept_[0], rel=1e-6)
+    assert cal.weight < 0
+    assert cal.threshold == pytest.approx(-cal.bias / cal.weight)
+    assert cal.predict_proba([cal.threshold])[0] == pytest.approx(0.5)
+    np.testing.assert_allclose(cal.predict_proba(distances), ref.predict_proba(distances[:, None])[:, 1], rtol=1e-6)
+    # Decision and probability agree: similar iff p >= 0.5 iff d <= tau.
+    np.testing.assert_array_equal(cal.predict(distances), (cal.predict_proba(distances) >= 0.5).astype(int))
+    np.testing.assert_array_equal(cal.predict(distances), (distances <= cal.threshold).astype(int))
+
+
+def test_hand_computed_probability():
+    cal = Calibrator(weight=-2.0, bias=3.0, metric="manhattan")
+    assert cal.threshold == 1.5
+    assert cal.predict_proba([0.0])[0] == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert cal.predict_proba([2.0])[0] == pytest.approx(1 / (1 + np.exp(1.0)))
+    assert cal.distance_at(0.5) == pytest.approx(1.5)
+    # Above p(d=0) no distance reaches the probability: the radius comes out negative.
+    assert cal.distance_at(0.99) < 0
+    assert cal.predict_proba([cal.distance_at(0.9)])[0] == pytest.approx(0.9)
+
+
+def test_non_separating_distance_and_single_class_are_refused():
+    distances, labels = _separable()
+    with pytest.raises(CalibrationError, match="does not separate"):
+        Calibrator.fit(distances, 1 - labels, "euclidean")
+    with pytest.raises(CalibrationError, match="only one class"):
+        Calibrator.fit(distances, np.ones_like(labels), "euclidean")
+    with pytest.raises(CalibrationError, match="weight must be negative"):
+        Calibrator(weight=0.5, bias=0.0, metric="euclidean")
+    with pytest.raises(ValueError, match="non-negative"):
+        Calibrator.fit([-1.0, 2.0], [1, 0], "euclidean")
+    with pytest.raises(ValueError, match="labels must be 0/1"):
+        Calibrator.fit([1.0, 2.0], [1, 2], "euclidean")
+    with pytest.raises(ValueError, match=r"probability must be in \(0, 1\)"):
+        Calibrator(weight=-1.0, bias=0.0, metric="euclidean").distance_at(1.0)
+
+
+def test_dict_round_trip_is_exact_and_json_safe():
+    distances, labels = _separable(1)
+    labels[:5] = 0
+    cal = Calibrator.fit(distances, labels, "manhattan", fitted_on="dev")
+    payload = json.loads(json.dumps(cal.to_dict()))
+    assert Calibrator.from_dict(payload) == cal
+    with pytest.raises(ValueError, match=r"missing \['bias'\]"):
+        Calibrator.from_dict({"weight": -1.0, "metric": "euclidean"})
+
+
+PAIRS_A = ["how do i learn python", "what is the capital city", "how do i cook rice", "why is the sky blue", "buy a car"]
+PAIRS_B = ["best way to learn python code", "capital of the country", "how to bake bread", "why is the sky blue", "sell a phone"]
+
+
+def _calibrated(encoder, metric):
+    """Attach a calibrator fitted on synthetic distances spanning the model's real range."""
+    model = SimilarityModel(encoder, metric)
+    d = model.distance(PAIRS_A, PAIRS_B)
+    rng = np.random.default_rng(0)
+    median = float(np.median(d))
+    fake_d = np.concatenate([rng.uniform(0, median * 1.2, 50), rng.uniform(median * 0.8, d.max() * 2 + 1e-3, 50)])
+    fake_y = np.concatenate([np.ones(50, int), np.zeros(50, int)])
+    model.calibrator = Calibrator.fit(fake_d, fake_y, metric)
+    return model
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+def test_probability_is_bitwise_symmetric_and_self_pairs_are_max(tiny_encoder, metric):
+    model = _calibrated(tiny_encoder, metric)
+    p_ab = model.predict_proba(PAIRS_A, PAIRS_B, batch_size=2)
+    p_ba = model.predict_proba(PAIRS_B, PAIRS_A, batch_size=2)
+    assert np.array_equal(p_ab, p_ba)  # bit for bit, not approximately
+    assert np.array_equal(model.distance(PAIRS_A, PAIRS_B), model.distance(PAIRS_B, PAIRS_A))
+    self_p = model.predict_proba(PAIRS_A, PAIRS_A)
+    assert np.all(model.distance(PAIRS_A, PAIRS_A) == 0)
+    assert np.all(self_p == model.calibrator.predict_proba([0.0])[0])
+    assert np.all(self_p >= p_ab.max())
+    # Row 3 is a self-pair inside a mixed batch: still exactly distance 0.
+    assert model.distance(PAIRS_A, PAIRS_B)[3] == 0
+
+
+def test_similarity_model_save_load_round_trip(tiny_encoder, tmp_path):
+    model = _calibrated(tiny_encoder, "manhattan")
+    folder = model.save(tmp_path / "model")
+    saved = json.loads((folder / "metric_sim.json").read_text())
+    assert saved["metric"] == "manhattan" and saved["calibrator"]["threshold"] == pytest.approx(model.threshold)
+    loaded = SimilarityModel.from_pretrained(folder)
+    assert loaded.metric is Metric.MANHATTAN and loaded.calibrator == model.calibrator
+    np.testing.assert_array_equal(loaded.predict_proba(PAIRS_A, PAIRS_B), model.predict_proba(PAIRS_A, PAIRS_B))
+    with pytest.raises(ValueError, match="trained for metric 'manhattan'"):
+        SimilarityModel.from_pretrained(folder, metric="euclidean")
+
+
+def test_uncalibrated_model_says_how_to_calibrate(tiny_encoder):
+    with pytest.raises(CalibrationError, match="metric-sim calibrate"):
+        SimilarityModel(tiny_encoder).predict_proba(["a"], ["b"])
+    with pytest.raises(ValueError, match="same length, got 2 and 1"):
+        SimilarityModel(tiny_encoder).distance(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="fitted for metric 'manhattan'"):
+        SimilarityModel(tiny_encoder, "euclidean", Calibrator(weight=-1.0, bias=1.0, metric="manhattan"))
