@@ -19,7 +19,12 @@ from metric_sim.data import (
     load_preset,
     text_id,
 )
-from metric_sim.distances import Metric, paired_distances_numpy, paired_distances_torch, pml_distance
+from metric_sim.distances import (
+    Metric,
+    paired_distances_numpy,
+    paired_distances_torch,
+    pml_distance,
+)
 from metric_sim.encoder import Encoder, EncoderLoadError, default_model_path
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,9 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    # A check reports every bad row instead of stopping at the first; --on-bad-row error restores strictness.
-    dataset = load_pairs_from_args(args, args.file, default_on_bad_row="skip")
+    # Strict by default, like the library: a corrupted file exits 2 naming file and line.
+    # --on-bad-row skip counts every bad row by kind instead.
+    dataset = load_pairs_from_args(args, args.file)
     summary = dataset.summary()
     if args.json:
         _print_json(summary)
@@ -174,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Data warnings (skipped rows) read as one log line each, not as source excerpts.
+    warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}"
+    logging.captureWarnings(True)
     from metric_sim.calibration import CalibrationError
     from metric_sim.data import DataError
     from metric_sim.encoder import EncoderLoadError

@@ -106,7 +106,9 @@ def _load_backbone(auto_model: Any, location: str) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # load reports about the dropped pooler are noise here
+    hf_logging.disable_progress_bar()
     try:
         try:
             return auto_model.from_pretrained(location, add_pooling_layer=False)
@@ -114,6 +116,8 @@ def _load_backbone(auto_model: Any, location: str) -> nn.Module:
             return auto_model.from_pretrained(location)
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
