@@ -7,7 +7,13 @@ Public API (recipes and benchmarks import only from here):
 
 from __future__ import annotations
 
-from metric_sim.calibration import CalibrationError, Calibrator, SimilarityModel
+from metric_sim.calibration import (
+    CalibrationError,
+    Calibrator,
+    PairEmbeddings,
+    SimilarityModel,
+    resolve_model_dir,
+)
 from metric_sim.data import (
     DataError,
     LoadReport,
@@ -26,6 +32,19 @@ from metric_sim.distances import (
     pml_distance,
 )
 from metric_sim.encoder import Encoder, EncoderLoadError, default_model_path
+from metric_sim.evaluation import (
+    Evaluation,
+    calibration_metrics,
+    evaluate,
+    evaluate_and_report,
+    example_pair_lines,
+    expected_calibration_error,
+    in_sample_thresholds,
+    pair_metrics,
+    retrieval_metrics,
+    symmetry_gap,
+    write_report,
+)
 
 __version__ = "0.1.0"
 
@@ -35,22 +54,35 @@ __all__ = [
     "DataError",
     "Encoder",
     "EncoderLoadError",
+    "Evaluation",
     "LoadReport",
     "Metric",
     "PairDataset",
+    "PairEmbeddings",
     "SimilarityModel",
     "UnionFind",
     "__version__",
+    "calibration_metrics",
     "default_data_dir",
     "default_model_path",
     "demo_pairs_path",
+    "evaluate",
+    "evaluate_and_report",
+    "example_pair_lines",
+    "expected_calibration_error",
+    "in_sample_thresholds",
     "list_presets",
     "load_pairs",
     "load_preset",
+    "pair_metrics",
     "paired_distances_numpy",
     "paired_distances_torch",
     "pml_distance",
+    "resolve_model_dir",
+    "retrieval_metrics",
+    "symmetry_gap",
     "text_id",
+    "write_report",
 ]
 
 

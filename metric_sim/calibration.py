@@ -22,14 +22,22 @@ from scipy.special import expit
 
 from metric_sim._validation import require_probability, require_same_length, require_texts
 from metric_sim.distances import Metric, paired_distances_numpy
-from metric_sim.encoder import CONFIG_FILE, Encoder, read_json
+from metric_sim.encoder import (
+    CONFIG_FILE,
+    DEFAULT_MODEL,
+    FORMAT_VERSION,
+    Encoder,
+    read_json,
+    write_json_atomic,
+)
 
 
 class CalibrationError(ValueError):
     """The calibration data cannot give a meaningful distance threshold."""
 
 
-def _as_distances(name: str, values: Any) -> np.ndarray:
+def as_distances(name: str, values: Any) -> np.ndarray:
+    """A 1-D float64 array of finite, non-negative distances (raises naming ``name``)."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of distances, got shape {array.shape}")
@@ -38,6 +46,16 @@ def _as_distances(name: str, values: Any) -> np.ndarray:
     if np.any(array < 0):
         raise ValueError(f"{name} must be non-negative distances, got minimum {array.min()!r}")
     return array
+
+
+def as_binary_labels(name: str, values: Any, size: int) -> np.ndarray:
+    """A 1-D int64 array of 0/1 labels of length ``size`` (1 = similar)."""
+    array = np.asarray(values)
+    if array.shape != (size,):
+        raise ValueError(f"{name} must be a 1-D array of {size} labels (one per distance), got shape {array.shape}")
+    if not np.isin(array, (0, 1)).all():
+        raise ValueError(f"{name} must be 0/1, got values {sorted(set(np.unique(array).tolist()))[:10]}")
+    return array.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -72,12 +90,8 @@ class Calibrator:
         """Fit on held-out pairs: ``labels`` 1 = similar. Never fit on the split you score on."""
         from sklearn.linear_model import LogisticRegression
 
-        d = _as_distances("distances", distances)
-        y = np.asarray(labels)
-        if y.shape != d.shape:
-            raise ValueError(f"labels must have the same shape as distances, got {y.shape} and {d.shape}")
-        if not np.isin(y, (0, 1)).all():
-            raise ValueError(f"labels must be 0/1, got values {sorted(set(np.unique(y).tolist()))[:10]}")
+        d = as_distances("distances", distances)
+        y = as_binary_labels("labels", labels, d.size)
         classes = np.unique(y)
         if classes.size < 2:
             raise CalibrationError(
@@ -86,7 +100,7 @@ class Calibrator:
             )
         # Unregularised (C=inf): with one feature there is nothing to overfit, and a
         # penalty would bias the slope differently for Euclidean and Manhattan scales.
-        model = LogisticRegression(C=np.inf, max_iter=1000).fit(d.reshape(-1, 1), y.astype(int))
+        model = LogisticRegression(C=np.inf, max_iter=1000).fit(d.reshape(-1, 1), y)
         weight = float(model.coef_[0, 0])
         if weight >= 0:
             raise CalibrationError(
@@ -101,7 +115,7 @@ class Calibrator:
         return -self.bias / self.weight
 
     def logits(self, distances: Any) -> np.ndarray:
-        return self.weight * _as_distances("distances", distances) + self.bias
+        return self.weight * as_distances("distances", distances) + self.bias
 
     def predict_proba(self, distances: Any) -> np.ndarray:
         return expit(self.logits(distances))
@@ -145,6 +159,33 @@ class Calibrator:
         )
 
 
+def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
+    """A model folder, or the ``model/`` folder of a training run folder (``RUN_DIR``).
+
+    A run folder is recognised by its ``train_config.json`` or by a ``model/`` child
+    holding ``metric_sim.json`` while the folder itself holds no model.
+    """
+    folder = Path(path).expanduser()
+    inner = folder / "model"
+    is_model = (folder / "config.json").is_file() or (folder / CONFIG_FILE).is_file()
+    if not is_model and inner.is_dir() and ((folder / "train_config.json").is_file() or (inner / CONFIG_FILE).is_file()):
+        return inner
+    return folder
+
+
+@dataclass(frozen=True)
+class PairEmbeddings:
+    """The union of the texts of a pair list, embedded once, with each side's row in it."""
+
+    texts: list[str]
+    embeddings: np.ndarray
+    rows_a: np.ndarray
+    rows_b: np.ndarray
+
+    def row_of(self) -> dict[str, int]:
+        return {text: i for i, text in enumerate(self.texts)}
+
+
 class SimilarityModel:
     """Encoder + metric + calibrator: distances, probabilities and decisions for text pairs."""
 
@@ -157,7 +198,10 @@ class SimilarityModel:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], *, metric: Metric | str | None = None, **encoder_kwargs: Any) -> SimilarityModel:
-        """Load a saved model folder (or any encoder source; then uncalibrated, Euclidean unless given)."""
+        """Load a saved model folder or a training run folder (its ``model/``); any other
+        encoder source (``"default"``, a Hugging Face folder) loads uncalibrated, Euclidean unless given."""
+        if str(path) != DEFAULT_MODEL:
+            path = resolve_model_dir(path)
         encoder = Encoder.from_pretrained(path, **encoder_kwargs)
         cfg_file = Path(str(path)).expanduser() / CONFIG_FILE
         cfg = read_json(cfg_file) if cfg_file.is_file() else {}
@@ -173,15 +217,35 @@ class SimilarityModel:
         payload.update(extra or {})
         return self.encoder.save(directory, extra=payload)
 
+    def save_calibrator(self, directory: str | os.PathLike[str]) -> Path:
+        """Store metric + calibrator in an existing model folder's ``metric_sim.json``.
+
+        Only that one file changes (written to a temporary file, then renamed), so the
+        weights are not rewritten. A folder without ``metric_sim.json`` gets one that
+        also pins this encoder's pooling settings.
+        """
+        calibrator = self._require_calibrator()
+        folder = resolve_model_dir(directory)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no config.json); save the model first with model.save(folder)")
+        cfg_file = folder / CONFIG_FILE
+        payload = read_json(cfg_file) if cfg_file.is_file() else {"format_version": FORMAT_VERSION, "encoder": self.encoder.config_dict()}
+        saved_metric = payload.get("metric")
+        if saved_metric is not None and Metric.parse(saved_metric) is not self.metric:
+            raise ValueError(f"{folder} holds a model for metric {saved_metric!r}; this calibrator is for {self.metric.value!r}")
+        payload["metric"] = self.metric.value
+        payload["calibrator"] = calibrator.to_dict()
+        write_json_atomic(cfg_file, payload)
+        return cfg_file
+
     # ------------------------------------------------------------------ distances
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, show_progress=show_progress)
 
-    def distance(self, texts_a: Sequence[str], texts_b: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-        """``d(a[i], b[i])`` for each i.
+    def embed_pairs(self, texts_a: Sequence[str], texts_b: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> PairEmbeddings:
+        """Embed the union of both sides once, in one canonical (sorted) order.
 
-        The union of both sides is encoded once, in one canonical (sorted) order, so
-        swapping the arguments feeds the encoder exactly the same batches: the
+        Swapping the arguments feeds the encoder exactly the same batches, so the
         embeddings, and hence the distances, are identical bit for bit.
         """
         texts_a = require_texts("texts_a", texts_a)
@@ -192,7 +256,15 @@ class SimilarityModel:
         row = {text: i for i, text in enumerate(unique)}
         ia = np.fromiter((row[t] for t in texts_a), dtype=np.int64, count=len(texts_a))
         ib = np.fromiter((row[t] for t in texts_b), dtype=np.int64, count=len(texts_b))
-        return paired_distances_numpy(embeddings[ia], embeddings[ib], self.metric)
+        return PairEmbeddings(unique, embeddings, ia, ib)
+
+    def pair_distances(self, embedded: PairEmbeddings) -> np.ndarray:
+        """``d(a[i], b[i])`` from :meth:`embed_pairs` output."""
+        return paired_distances_numpy(embedded.embeddings[embedded.rows_a], embedded.embeddings[embedded.rows_b], self.metric)
+
+    def distance(self, texts_a: Sequence[str], texts_b: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """``d(a[i], b[i])`` for each i; ``distance(a, b) == distance(b, a)`` bit for bit."""
+        return self.pair_distances(self.embed_pairs(texts_a, texts_b, batch_size=batch_size, show_progress=show_progress))
 
     def _require_calibrator(self) -> Calibrator:
         if self.calibrator is None:
@@ -214,8 +286,14 @@ class SimilarityModel:
     def threshold(self) -> float:
         return self._require_calibrator().threshold
 
+    def fit_calibrator(self, pairs: Any, *, fitted_on: str | None = None, batch_size: int = 64, show_progress: bool = False) -> Calibrator:
+        """Fit a calibrator on a held-out ``PairDataset`` without attaching it."""
+        if len(pairs) == 0:
+            raise CalibrationError("the calibration split is empty: it needs both similar and dissimilar pairs")
+        distances = self.distance(pairs.texts_a, pairs.texts_b, batch_size=batch_size, show_progress=show_progress)
+        return Calibrator.fit(distances, pairs.labels, self.metric, fitted_on=fitted_on)
+
     def calibrate(self, pairs: Any, *, fitted_on: str | None = None, batch_size: int = 64, show_progress: bool = False) -> Calibrator:
         """Fit and attach the calibrator on a held-out ``PairDataset`` (never the one you score on)."""
-        distances = self.distance(pairs.texts_a, pairs.texts_b, batch_size=batch_size, show_progress=show_progress)
-        self.calibrator = Calibrator.fit(distances, pairs.labels, self.metric, fitted_on=fitted_on)
+        self.calibrator = self.fit_calibrator(pairs, fitted_on=fitted_on, batch_size=batch_size, show_progress=show_progress)
         return self.calibrator

@@ -40,6 +40,7 @@ def _add_pair_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default=None, help="column of the 0/1 label")
     parser.add_argument("--id-a", default=None, help="optional id column of the first text")
     parser.add_argument("--id-b", default=None, help="optional id column of the second text")
+    parser.add_argument("--pair-id", default=None, help="optional pair id column (what --split-file refers to; default: the line number)")
     parser.add_argument("--no-header", action="store_true", help="the file has no header row; columns are 0-based indices")
     parser.add_argument("--on-bad-row", choices=["error", "skip"], default=None, help="fail on the first bad row, or skip and count")
 
@@ -50,22 +51,44 @@ def _column(value: str | None, header: bool) -> str | int | None:
     return int(value) if (not header or value.isdigit()) and value.lstrip("-").isdigit() else value
 
 
-def load_pairs_from_args(args: argparse.Namespace, path: str, *, default_on_bad_row: str = "error", split: str | None = None):
-    """Build a PairDataset from the shared --preset / column flags."""
+def load_pairs_from_args(
+    args: argparse.Namespace,
+    path: str | None,
+    *,
+    default_on_bad_row: str = "error",
+    split: str | None = None,
+    split_file: str | None = None,
+):
+    """Build a PairDataset from the shared --preset / column flags.
+
+    ``split`` alone picks a preset's split (its own file, or qqp's split.tsv);
+    with ``split_file`` (a tsv with columns ``id`` and ``split``) the whole source is
+    loaded and the pairs whose pair id the file assigns to ``split`` are kept.
+    """
     from metric_sim.data import load_pairs, load_preset
 
     on_bad_row = args.on_bad_row or default_on_bad_row
+    if split_file is not None and split is None:
+        raise UsageError(f"--split-file {split_file} needs --split NAME (which of its splits to use)")
     if args.preset:
-        if any(getattr(args, k) for k in ("text_a", "text_b", "label")):
-            raise UsageError("pass either --preset or --text-a/--text-b/--label, not both")
+        if any(getattr(args, k, None) for k in ("text_a", "text_b", "label", "pair_id")):
+            raise UsageError("pass either --preset or --text-a/--text-b/--label/--pair-id, not both")
+        if split_file is not None:
+            return load_preset(args.preset, path, on_bad_row=on_bad_row).split_from_file(split_file, split)
         return load_preset(args.preset, path, split=split, on_bad_row=on_bad_row)
+    if path is None:
+        raise UsageError("--data FILE is required unless --preset names a dataset under METRIC_SIM_DATA")
+    if split is not None and split_file is None:
+        raise UsageError(f"--split {split!r} needs --split-file FILE (a tsv with columns id, split), or a --preset with splits")
     header = not args.no_header
     kwargs: dict[str, Any] = {"header": header, "on_bad_row": on_bad_row}
-    for flag, key in (("text_a", "text_a"), ("text_b", "text_b"), ("label", "label"), ("id_a", "id_a"), ("id_b", "id_b")):
-        column = _column(getattr(args, flag), header)
+    for flag, key in (("text_a", "text_a"), ("text_b", "text_b"), ("label", "label"), ("id_a", "id_a"), ("id_b", "id_b"), ("pair_id", "pair_id")):
+        column = _column(getattr(args, flag, None), header)
         if column is not None:
             kwargs[key] = column
     dataset = load_pairs(path, **kwargs)
+    if split_file is not None:
+        dataset = dataset.split_from_file(split_file, split)
     return dataset
 
 
@@ -146,10 +169,146 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------- evaluate / calibrate (issue 4)
+def _add_model_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder, or a training run folder (its model/ is used)")
+    parser.add_argument("--data", default=None, metavar="FILE", help="pairs file (optional with --preset: the preset's files under METRIC_SIM_DATA)")
+    _add_pair_source_args(parser)
+    parser.add_argument("--split-file", default=None, metavar="FILE", help="tsv with columns id, split that assigns every pair id to a split")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser("evaluate", help="score a model on a split; write metrics.json, report.md and PNG figures")
+    _add_model_data_args(evaluate)
+    evaluate.add_argument("--split", default=None, help="split to score, e.g. test (default: every pair of the file)")
+    evaluate.add_argument(
+        "--calibrate-on", default=None, metavar="SPLIT",
+        help="fit the calibrator on this split of the same data for the report (never the scored split); default: the model's stored calibrator",
+    )
+    evaluate.add_argument(
+        "--baseline", default=None, metavar="MODEL",
+        help="also evaluate this encoder beside the model, calibrated the same way (e.g. 'default': the packaged all-MiniLM-L6-v2)",
+    )
+    evaluate.add_argument("--report", required=True, metavar="DIR", help="folder for metrics.json, report.md and the figures")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from metric_sim._validation import require_positive_int
+    from metric_sim.calibration import CalibrationError, SimilarityModel
+    from metric_sim.evaluation import evaluate_and_report
+
+    batch_size = require_positive_int("--batch-size", args.batch_size)
+    if args.calibrate_on is not None:
+        if args.split is None:
+            raise UsageError(f"--calibrate-on {args.calibrate_on!r} needs --split (the split to score), so that the two are disjoint")
+        if args.calibrate_on == args.split:
+            raise UsageError(f"--calibrate-on {args.calibrate_on!r} is the scored --split: fit the calibrator on another split (e.g. dev)")
+    # Data first: a bad file fails in a second, before any model is loaded.
+    pairs = load_pairs_from_args(args, args.data, split=args.split, split_file=args.split_file)
+    calibration_pairs = None
+    if args.calibrate_on is not None:
+        calibration_pairs = load_pairs_from_args(args, args.data, split=args.calibrate_on, split_file=args.split_file)
+    model = SimilarityModel.from_pretrained(args.model)
+    if model.calibrator is None and calibration_pairs is None:
+        raise CalibrationError(
+            f"{args.model} has no stored calibrator: pass --calibrate-on SPLIT (e.g. dev), "
+            f"or store one first with `metric-sim calibrate --model {args.model} --data ... --split dev`"
+        )
+    baseline = None
+    if args.baseline:
+        # Same metric and token budget as the model, so the comparison is like for like.
+        baseline = SimilarityModel.from_pretrained(args.baseline, metric=model.metric, max_length=model.encoder.max_length)
+    logger.info("scoring %d pairs%s", len(pairs), f" (split {args.split!r})" if args.split else "")
+    payload = evaluate_and_report(
+        model,
+        pairs,
+        args.report,
+        split=args.split or "all",
+        calibration_pairs=calibration_pairs,
+        calibration_split=args.calibrate_on,
+        baseline=baseline,
+        data={"preset": args.preset, "split_file": args.split_file},
+        batch_size=batch_size,
+        show_progress=True,
+    )
+    if args.json:
+        _print_json(payload)
+        return EXIT_OK
+    names = list(payload["models"])
+    rows = [
+        ("average precision", lambda m: m["pairs"]["average_precision"]),
+        ("ROC-AUC", lambda m: m["pairs"]["roc_auc"]),
+        ("threshold tau", lambda m: m["pairs"]["threshold"]),
+        ("accuracy at tau", lambda m: m["pairs"]["accuracy"]),
+        ("F1 at tau", lambda m: m["pairs"]["f1"]),
+        ("accuracy, in-sample best", lambda m: m["pairs"]["in_sample"]["accuracy"]),
+        ("F1, in-sample best", lambda m: m["pairs"]["in_sample"]["f1"]),
+        ("ECE (15 bins)", lambda m: m["calibration"]["ece"]),
+        ("Brier", lambda m: m["calibration"]["brier"]),
+        ("recall@1", lambda m: m["retrieval"]["recall_at_1"]),
+        ("mAP@R", lambda m: m["retrieval"]["map_at_r"]),
+        ("max |p(a,b) - p(b,a)|", lambda m: m["symmetry"]["max_abs_difference"]),
+    ]
+    print(f"scored {payload['data']['pairs']:,} pairs ({payload['data']['positives']:,} similar) of {payload['data']['source']}, split {payload['data']['split']}")
+    print(f"{'':28s}" + "".join(f"{name[:22]:>24s}" for name in names))
+    for label, get in rows:
+        values = [get(payload["models"][name]) for name in names]
+        print(f"{label:28s}" + "".join(f"{'-' if v is None else format(v, '.4f'):>24s}" for v in values))
+    print(f"report: {Path(args.report) / 'report.md'}")
+    return EXIT_OK
+
+
+def _add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    calibrate = sub.add_parser("calibrate", help="fit the distance -> probability calibrator on a held-out split and store it in the model folder")
+    _add_model_data_args(calibrate)
+    calibrate.add_argument("--split", default=None, help="held-out split to fit on, e.g. dev (default: every pair of the file)")
+    calibrate.set_defaults(handler=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from metric_sim._validation import require_positive_int
+    from metric_sim.calibration import SimilarityModel, resolve_model_dir
+    from metric_sim.encoder import DEFAULT_MODEL
+    from metric_sim.evaluation import describe_split
+
+    batch_size = require_positive_int("--batch-size", args.batch_size)
+    if args.model == DEFAULT_MODEL:
+        raise UsageError("calibrate stores the calibrator in a model folder; 'default' is the packaged encoder: save it to a folder first")
+    folder = resolve_model_dir(args.model)
+    pairs = load_pairs_from_args(args, args.data, split=args.split, split_file=args.split_file)
+    model = SimilarityModel.from_pretrained(folder)
+    previous = model.calibrator
+    calibrator = model.calibrate(pairs, fitted_on=describe_split(pairs, args.split), batch_size=batch_size, show_progress=True)
+    written = model.save_calibrator(folder)
+    result = {
+        "model": str(folder),
+        "file": str(written),
+        "calibrator": calibrator.to_dict(),
+        "max_probability": float(calibrator.predict_proba([0.0])[0]),
+        "positives": int(pairs.labels.sum()),
+        "replaced": previous.to_dict() if previous else None,
+    }
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    print(f"fitted on {calibrator.fitted_on}: {result['positives']:,} similar pairs")
+    print(f"p(similar | d) = sigmoid({calibrator.weight:.4f} * d + {calibrator.bias:.4f})   ({model.metric.value} distance)")
+    print(f"threshold tau = {calibrator.threshold:.4f}: similar when d <= tau;  p(d=0) = {result['max_probability']:.4f}")
+    if previous is not None:
+        print(f"replaced the previous calibrator (tau = {previous.threshold:.4f}, fitted on {previous.fitted_on})")
+    print(f"stored in {written}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- entry point
 PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data_parser,
     _add_quickstart_parser,
+    _add_evaluate_parser,
+    _add_calibrate_parser,
 ]
 
 

@@ -124,3 +124,66 @@ def test_uncalibrated_model_says_how_to_calibrate(tiny_encoder):
         SimilarityModel(tiny_encoder).distance(["a", "b"], ["c"])
     with pytest.raises(ValueError, match="fitted for metric 'manhattan'"):
         SimilarityModel(tiny_encoder, "euclidean", Calibrator(weight=-1.0, bias=1.0, metric="manhattan"))
+
+
+class _OrderSensitiveEncoder:
+    """Stand-in whose embedding of a text depends on where it sits in the call, like a
+    real model whose padding and BLAS blocking change the last bits with the batch."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, texts, *, batch_size=64, show_progress=False):
+        self.calls.append(list(texts))
+        rng = np.random.default_rng(0)
+        base = {t: rng.normal(size=4) for t in sorted(set(texts))}
+        return np.stack([base[t] * (1 + 1e-3 * i) for i, t in enumerate(texts)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+def test_distance_feeds_the_encoder_the_same_batches_in_both_orders(metric):
+    encoder = _OrderSensitiveEncoder()
+    model = SimilarityModel(encoder, metric, Calibrator(weight=-1.0, bias=2.0, metric=metric))
+    p_ab = model.predict_proba(PAIRS_A, PAIRS_B)
+    p_ba = model.predict_proba(PAIRS_B, PAIRS_A)
+    assert encoder.calls[0] == encoder.calls[1]  # one canonical order, whatever the argument order
+    assert np.array_equal(p_ab, p_ba)
+
+
+def test_fit_calibrator_does_not_attach_and_empty_split_is_refused(tiny_encoder):
+    from metric_sim.data import load_pairs
+
+    model = SimilarityModel(tiny_encoder)
+    pairs = load_pairs(_in_memory(PAIRS_A * 4, PAIRS_B[::-1] * 4, [1, 0, 1, 0, 0] * 4))
+    fitted = model.fit_calibrator(pairs, fitted_on="held-out")
+    assert model.calibrator is None and fitted.fitted_on == "held-out" and fitted.n_fit == 20
+    with pytest.raises(CalibrationError, match="calibration split is empty"):
+        model.fit_calibrator(pairs.select([]))
+
+
+def _in_memory(a, b, y):
+    import datasets
+
+    return datasets.Dataset.from_dict({"text_a": a, "text_b": b, "label": y})
+
+
+def test_save_calibrator_rewrites_only_metric_sim_json(tiny_encoder, tmp_path):
+    from metric_sim.calibration import resolve_model_dir
+
+    folder = SimilarityModel(tiny_encoder, "manhattan").save(tmp_path / "run" / "model")
+    (tmp_path / "run" / "train_config.json").write_text("{}")
+    assert resolve_model_dir(tmp_path / "run") == folder and resolve_model_dir(folder) == folder
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "metric_sim.json"}
+    model = _calibrated(tiny_encoder, "manhattan")
+    written = model.save_calibrator(tmp_path / "run")
+    assert written == folder / "metric_sim.json"
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "metric_sim.json"} == stamp
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    loaded = SimilarityModel.from_pretrained(tmp_path / "run")
+    assert loaded.calibrator == model.calibrator and loaded.metric is Metric.MANHATTAN
+    with pytest.raises(ValueError, match="holds a model for metric 'manhattan'"):
+        _calibrated(tiny_encoder, "euclidean").save_calibrator(folder)
+    with pytest.raises(FileNotFoundError, match="is not a model folder"):
+        model.save_calibrator(tmp_path / "empty")
+    with pytest.raises(CalibrationError, match="no calibrator"):
+        SimilarityModel(tiny_encoder).save_calibrator(folder)
