@@ -303,12 +303,180 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------- index build / query / dedupe (issue 5)
+def _resolve_model_dir(value: str) -> str:
+    """``--model`` takes a model folder or a RUN_DIR (whose model is ``RUN_DIR/model``)."""
+    path = Path(value).expanduser()
+    if path.is_dir() and not (path / "metric_sim.json").is_file() and (path / "model").is_dir():
+        return str(path / "model")
+    return value
+
+
+def _load_similarity_model(value: str) -> Any:
+    from metric_sim.calibration import SimilarityModel
+
+    return SimilarityModel.from_pretrained(_resolve_model_dir(value))
+
+
+def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or RUN_DIR (RUN_DIR/model), or 'default'")
+    parser.add_argument("--corpus", required=True, help="texts: .txt (one per line) or .tsv/.csv/.jsonl/.parquet[.gz] with --text-column")
+    parser.add_argument("--text-column", default=None, help="column holding the texts (tables; default: text)")
+    parser.add_argument("--id-column", default=None, help="column holding unique ids (default: line number / row)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
+
+
+def _add_index_kind_args(parser: argparse.ArgumentParser, default_kind: str) -> None:
+    parser.add_argument(
+        "--kind",
+        default=default_kind,
+        help="flat (exact), hnsw, ivf, or a FAISS factory string such as HNSW32 or IVF256,Flat (default: %(default)s)",
+    )
+    parser.add_argument("--hnsw-m", dest="M", type=int, default=None, help="hnsw: links per node (default 32)")
+    parser.add_argument("--ef-construction", dest="efConstruction", type=int, default=None, help="hnsw: build-time beam (default 200)")
+    parser.add_argument("--ef-search", dest="efSearch", type=int, default=None, help="hnsw: search-time beam (default 64)")
+    parser.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default about 4*sqrt(n))")
+    parser.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched per query (default max(16, nlist/10))")
+
+
+def _index_params(args: argparse.Namespace) -> dict[str, int]:
+    return {name: getattr(args, name) for name in ("M", "efConstruction", "efSearch", "nlist", "nprobe") if getattr(args, name) is not None}
+
+
+def _build_corpus_index(args: argparse.Namespace) -> tuple[Any, Any]:
+    from metric_sim.data import load_corpus
+    from metric_sim.index import NeighborIndex
+
+    corpus = load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    model = _load_similarity_model(args.model)
+    logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
+    index = NeighborIndex.build(
+        model, corpus.texts, corpus.ids, kind=args.kind, batch_size=args.batch_size, show_progress=True, **_index_params(args)
+    )
+    return corpus, index
+
+
+def _add_index_parser(sub: argparse._SubParsersAction) -> None:
+    index = sub.add_parser("index", help="build a FAISS neighbour index over a corpus")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="encode a corpus and save a NeighborIndex folder")
+    _add_corpus_args(build)
+    _add_index_kind_args(build, "flat")
+    build.add_argument("--out", required=True, help="index folder to write (replaced atomically if it holds an index)")
+    build.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    build.set_defaults(handler=_cmd_index_build)
+
+
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from metric_sim.index import check_save_target
+
+    started = time.perf_counter()
+    try:
+        check_save_target(args.out)  # before the slow encoding, not after it
+    except FileExistsError as exc:
+        raise UsageError(f"--out {args.out}: {exc}") from None
+    corpus, index = _build_corpus_index(args)
+    out = index.save(args.out)
+    summary = {
+        "out": str(out),
+        "items": len(index),
+        "kind": index.kind,
+        "params": index.params,
+        "metric": index.metric.value,
+        "dim": index.dim,
+        "calibrated": index.calibrator is not None,
+        "model_path": index.model_path,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"indexed {summary['items']:,} texts from {corpus.source} ({index.kind}, {index.metric.value}, dim {index.dim}) in {summary['seconds']} s")
+        print(f"wrote {out}")
+        if index.calibrator is None:
+            print("note: the model has no calibrator, so queries report distances but no probabilities")
+    return EXIT_OK
+
+
+def _add_query_parser(sub: argparse._SubParsersAction) -> None:
+    query = sub.add_parser("query", help="nearest stored items of one or more query texts")
+    query.add_argument("index_dir", help="folder written by `metric-sim index build`")
+    query.add_argument("texts", nargs="+", help="query text(s)")
+    query.add_argument("-k", type=int, default=5, help="neighbours per query (default: %(default)s)")
+    limit = query.add_mutually_exclusive_group()
+    limit.add_argument("--min-prob", type=float, default=None, help="only neighbours with calibrated p(similar) >= P")
+    limit.add_argument("--max-distance", type=float, default=None, help="only neighbours at distance <= D")
+    query.add_argument("--model", default=None, help="model folder or RUN_DIR (default: the model recorded when the index was built)")
+    query.add_argument("--ef-search", dest="efSearch", type=int, default=None, help="hnsw: search-time beam")
+    query.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched per query")
+    query.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    query.set_defaults(handler=_cmd_query)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from metric_sim.index import NeighborIndex, format_results
+
+    model = _load_similarity_model(args.model) if args.model else None
+    index = NeighborIndex.load(args.index_dir, model=model)
+    if index.model is None:
+        raise UsageError(
+            f"the model this index was built with ({index.model_path or 'not recorded'}) cannot be found; pass --model DIR"
+        )
+    search_params = {name: getattr(args, name) for name in ("efSearch", "nprobe") if getattr(args, name) is not None}
+    if search_params:
+        index.set_search_params(**search_params)
+    results = index.search(args.texts, k=args.k, min_prob=args.min_prob, max_distance=args.max_distance)
+    if args.json:
+        _print_json({"index": str(args.index_dir), "k": args.k, "min_prob": args.min_prob, "max_distance": args.max_distance, "results": [r.to_dict() for r in results]})
+    else:
+        print(format_results(results))
+    return EXIT_OK
+
+
+def _add_dedupe_parser(sub: argparse._SubParsersAction) -> None:
+    dedupe = sub.add_parser("dedupe", help="find every duplicate pair and cluster inside a corpus")
+    _add_corpus_args(dedupe)
+    limit = dedupe.add_mutually_exclusive_group()
+    limit.add_argument("--min-prob", type=float, default=None, help="pairs with calibrated p(similar) >= P (default 0.5)")
+    limit.add_argument("--max-distance", type=float, default=None, help="pairs at distance <= D (no calibrator needed)")
+    _add_index_kind_args(dedupe, "flat")
+    dedupe.add_argument("--out", required=True, help="clusters TSV to write: cluster, id, text (clusters of 2+ items)")
+    dedupe.add_argument("--pairs-out", default=None, help="also write every pair: id_a, id_b, distance, probability, texts")
+    dedupe.add_argument("--json", action="store_true", help="print machine-readable JSON (summary and clusters)")
+    dedupe.set_defaults(handler=_cmd_dedupe)
+
+
+def _cmd_dedupe(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    _, index = _build_corpus_index(args)
+    min_prob = args.min_prob if args.min_prob is not None or args.max_distance is not None else 0.5
+    result = index.dedupe(min_prob, max_distance=args.max_distance, show_progress=True)
+    out = result.write_tsv(args.out)
+    summary = {**result.to_dict(), "out": str(out), "seconds": round(time.perf_counter() - started, 2)}
+    if args.pairs_out:
+        summary["pairs_out"] = str(result.write_pairs_tsv(args.pairs_out))
+    if args.json:
+        _print_json({**summary, "cluster_members": result.clusters})
+    else:
+        limit = f"p >= {min_prob}" if args.max_distance is None else f"distance <= {args.max_distance}"
+        print(f"{summary['items']:,} texts: {summary['pairs']:,} pairs with {limit} (radius {result.max_distance:.4g}), "
+              f"{summary['clusters']:,} clusters covering {summary['items_in_clusters']:,} texts (largest {summary['largest_cluster']})")
+        print(f"wrote {out}" + (f" and {summary['pairs_out']}" if args.pairs_out else "") + f" in {summary['seconds']} s")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- end of issue 5 section
+
+
 # ---------------------------------------------------------------------------- entry point
 PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data_parser,
     _add_quickstart_parser,
     _add_evaluate_parser,
     _add_calibrate_parser,
+    _add_index_parser,
+    _add_query_parser,
+    _add_dedupe_parser,
 ]
 
 

@@ -51,8 +51,10 @@ from metric_sim._validation import (
 
 __all__ = [
     "BAD_ROW_KINDS",
+    "CORPUS_FORMATS",
     "FORMATS",
     "PRESETS",
+    "Corpus",
     "DataError",
     "LoadReport",
     "PairDataset",
@@ -60,6 +62,7 @@ __all__ = [
     "UnionFind",
     "default_data_dir",
     "list_presets",
+    "load_corpus",
     "load_pairs",
     "load_preset",
     "text_id",
@@ -1435,3 +1438,137 @@ def load_preset(
     return preset.loader(
         path=path, split=split, data_dir=root, on_bad_row=on_bad_row, low=low, high=high
     )
+
+
+# --------------------------------------------------------------------------- corpora (issue 5)
+# A corpus is a list of single texts to index or deduplicate (not pairs). It reuses the
+# readers above, so locations in errors follow the same rules as for pair files.
+
+CORPUS_FORMATS = ("lines", "tsv", "csv", "jsonl", "parquet")
+
+
+@dataclass
+class Corpus:
+    """Texts with unique string ids, in file order. ``source`` names the file."""
+
+    ids: list[str]
+    texts: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))  # NaN: pandas/parquet
+
+
+def _iter_corpus_lines(path: Path, source: str, encoding: str) -> Iterator[_Record]:
+    state = _LineState()
+    for text in _iter_lines(path, source, encoding, state):
+        line = state.line
+        yield _Record(line, {"text": text.rstrip("\r\n")}, str(line))
+
+
+def load_corpus(
+    source: str | os.PathLike,
+    *,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    format: str | None = None,
+    quoting: str = "csv",
+    encoding: str = "utf-8",
+) -> Corpus:
+    """Read texts to index: a text file with one item per line, or a table with a named column.
+
+    ``.txt`` (or ``format="lines"``) is one text per line; ids are the 1-based line
+    numbers. ``.tsv``/``.csv`` (with a header row), ``.jsonl`` and ``.parquet`` (each
+    optionally ``.gz``) need ``text_column`` (default ``"text"``); ids come from
+    ``id_column`` or default to the start line (text files) / 0-based row (parquet).
+    Blank or missing texts, non-string texts, empty or repeated ids raise a
+    :class:`DataError` naming the file, line (or row) and column: nothing is dropped.
+    """
+    require_choice("quoting", quoting, QUOTING)
+    if format is not None:
+        require_choice("format", format, CORPUS_FORMATS)
+    path = Path(source)
+    name = str(source)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    if path.is_dir():
+        raise DataError("expected a corpus file, got a folder", source=name)
+    suffix = _strip_gz(path).suffix.lower()
+    fmt = format or ("lines" if suffix == ".txt" else _SUFFIX_FORMATS.get(suffix))
+    if fmt is None:
+        raise DataError(
+            f"unknown corpus file type {suffix or '(no suffix)'!r}; use .txt (one text per line), "
+            f".tsv, .csv, .jsonl or .parquet (optionally .gz), or pass format= one of {list(CORPUS_FORMATS)}",
+            source=name,
+        )
+    roles: dict[str, str | int] = {}
+    if fmt == "lines":
+        if text_column is not None or id_column is not None:
+            raise ValueError(
+                f"a one-text-per-line corpus has no columns; got text_column={text_column!r}, "
+                f"id_column={id_column!r} (use a .tsv/.csv/.jsonl/.parquet file for named columns)"
+            )
+        records: Iterator[_Record] = _iter_corpus_lines(path, name, encoding)
+        unit = "line"
+    else:
+        roles["text"] = text_column if text_column is not None else "text"
+        if id_column is not None:
+            roles["id"] = id_column
+        if fmt == "parquet":
+            cols, role_names = _read_parquet(path, name, roles)
+            records, unit = _iter_table(cols, role_names), "row"
+        elif fmt == "jsonl":
+            records, unit = _iter_jsonl(path, name, roles, encoding=encoding), "line"
+        else:
+            records = _iter_delimited(
+                path,
+                name,
+                roles,
+                delimiter="\t" if fmt == "tsv" else ",",
+                quoting=quoting,
+                encoding=encoding,
+                header=True,
+                n_fields=None,
+                allow_extra_fields=False,
+            )
+            unit = "line"
+
+    ids: list[str] = []
+    texts: list[str] = []
+    first_seen: dict[str, int] = {}
+
+    def bad(rec: _Record, message: str, role: str | None, kind: str = "malformed") -> DataError:
+        column = rec.column if role is None else roles.get(role)
+        return DataError(message, source=name, line=rec.loc, column=column, unit=unit, kind=kind)
+
+    for rec in records:
+        if rec.values is None:
+            raise bad(rec, rec.error or "malformed record", None)
+        value = rec.values["text"]
+        if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+            hint = " (remove blank lines: every line is one text)" if fmt == "lines" else ""
+            raise bad(rec, f"text is empty, got {value!r}{hint}", "text", "empty_text")
+        if not isinstance(value, str):
+            raise bad(rec, f"text must be a string, got {type(value).__name__} {value!r}", "text")
+        ident = rec.default_pair_id
+        if "id" in roles:
+            raw = rec.values["id"]
+            if _is_missing(raw) or not str(raw).strip():
+                raise bad(rec, f"id is empty, got {raw!r}", "id")
+            ident = str(raw)
+        if ident in first_seen:
+            raise bad(
+                rec,
+                f"id {ident!r} was already used on {unit} {first_seen[ident]}; ids must be unique",
+                "id",
+            )
+        first_seen[ident] = rec.loc
+        ids.append(ident)
+        texts.append(value)
+    if not texts:
+        raise DataError("no texts (the file is empty or has only a header)", source=name)
+    return Corpus(ids=ids, texts=texts, source=name)
