@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,14 @@ import torch
 from torch import nn
 
 from metric_sim._batching import encode_sorted_batches
-from metric_sim._io import CONFIG_FILE, DEFAULT_MODEL, FORMAT_VERSION, read_json, write_json_atomic
+from metric_sim._io import (
+    CONFIG_FILE,
+    DEFAULT_MODEL,
+    FORMAT_VERSION,
+    atomic_dir,
+    read_json,
+    write_json_atomic,
+)
 from metric_sim._validation import require_choice, require_positive_int
 
 logger = logging.getLogger(__name__)
@@ -203,24 +208,11 @@ class Encoder(nn.Module):
         entries (metric, calibrator, ...) are merged into ``metric_sim.json``.
         """
         target = Path(directory).expanduser().resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_dir(target) as staging:
             self.model.save_pretrained(staging, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
             payload = {"format_version": FORMAT_VERSION, "encoder": self.config_dict(), **(extra or {})}
             write_json_atomic(staging / CONFIG_FILE, payload)
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old")
-                shutil.rmtree(backup, ignore_errors=True)
-                os.replace(target, backup)
-                os.replace(staging, target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     # ------------------------------------------------------------------ properties

@@ -19,21 +19,20 @@ figures; :func:`evaluate_and_report` does both.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from metric_sim._io import atomic_file
 from metric_sim._validation import require_matrix, require_positive_int
 from metric_sim.calibration import (
     CalibrationError,
@@ -472,22 +471,6 @@ def example_pair_lines(model: SimilarityModel, pairs: Any, *, limit: int = 6, wi
 
 
 # ---------------------------------------------------------------------------- figures
-@contextlib.contextmanager
-def _atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _new_figure(width: float, height: float):
     # Object-oriented matplotlib on the Agg canvas: no pyplot global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -499,7 +482,7 @@ def _new_figure(width: float, height: float):
 
 
 def _save_figure(figure: Any, path: Path) -> None:
-    with _atomic_output(path) as tmp:
+    with atomic_file(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
 
 
@@ -738,10 +721,10 @@ def write_report(
         "warnings": [w for ev in evaluations for w in ev.metrics.get("warnings", [])],
         "versions": _versions(),
     }
-    with _atomic_output(out / "metrics.json") as tmp:
+    with atomic_file(out / "metrics.json") as tmp:
         # Insertion order: the model before its baseline, summary before detail.
         tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    with _atomic_output(out / "report.md") as tmp:
+    with atomic_file(out / "report.md") as tmp:
         tmp.write_text(_report_markdown(payload, evaluations, examples or []), encoding="utf-8")
     return payload
 

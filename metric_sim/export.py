@@ -31,8 +31,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metric_sim._io import CONFIG_FILE, read_json, write_json_atomic
+from metric_sim._io import CONFIG_FILE, atomic_dir, read_json, write_json_atomic
 from metric_sim.calibration import SimilarityModel
 from metric_sim.distances import Metric
 from metric_sim.encoder import DEFAULT_MODEL, Encoder, default_model_path
@@ -568,17 +566,6 @@ def _check_destination(out: Path, source: ExportSource, overwrite: bool) -> None
             raise ExportError(f"--out {str(out)!r} must not be inside or contain the source {str(src)!r}")
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(out, backup)
-        os.replace(staging, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, out)
-
-
 def export_model(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -604,9 +591,7 @@ def export_model(
     _check_destination(target, resolved, overwrite)
     model = SimilarityModel.from_pretrained(resolved.model_dir)
     encoder = model.encoder.eval()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
-    try:
+    with atomic_dir(target) as staging:
         meta: dict[str, Any] = {
             "versions": library_versions(with_onnx=onnx),
             "train_config_sha256": train_config_digest(resolved.train_config),
@@ -630,10 +615,6 @@ def export_model(
         snippets = usage_snippets(encoder, model.metric, target.name, has_onnx=onnx, dense_dir=dense)
         card = render_model_card(resolved, model, name=target.name, meta=meta, snippets=snippets)
         (staging / "README.md").write_text(card, encoding="utf-8")
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("export: wrote %s in %.1f s", target, time.perf_counter() - started)
     return target
 

@@ -39,10 +39,8 @@ import logging
 import math
 import os
 import re
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from metric_sim._io import atomic_dir, atomic_file, read_json, write_json_atomic
 from metric_sim._validation import (
     require_matrix,
     require_positive_int,
@@ -67,7 +66,6 @@ from metric_sim.distances import (
     paired_distances_numpy,
     true_to_faiss_radius,
 )
-from metric_sim.encoder import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -317,18 +315,10 @@ def _write_tsv_atomic(
 ) -> Path:
     """Tab-separated with csv quoting (texts may hold tabs/newlines): temp file, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
     return path
 
 
@@ -378,18 +368,6 @@ def check_save_target(directory: str | os.PathLike[str]) -> Path:
             f"{target} exists and is not a saved NeighborIndex; refusing to overwrite it"
         )
     return target
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move a fully written staging folder onto ``target`` (old content kept until the swap)."""
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(target, backup)
-        os.replace(staging, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 # ---------------------------------------------------------------------------- the index
@@ -1015,9 +993,7 @@ class NeighborIndex:
         if self._faiss is None:
             raise ValueError("this ivf index is empty and untrained: add texts before saving")
         target = check_save_target(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_dir(target) as staging:
             faiss.write_index(self._faiss, str(staging / INDEX_FILE))
             self._write_store(staging / STORE_FILE)
             metadata = {
@@ -1043,10 +1019,6 @@ class NeighborIndex:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_json_atomic(staging / METADATA_FILE, metadata)
-            _replace_dir(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     def _write_store(self, path: Path) -> None:
