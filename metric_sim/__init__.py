@@ -64,8 +64,19 @@ _EXPORTS: dict[str, str] = {
     "SearchResult": "metric_sim.index",
     "demo_neighbors": "metric_sim.index",
     "format_results": "metric_sim.index",
+    "LossResult": "metric_sim.losses",
+    "MetricLoss": "metric_sim.losses",
+    "build_loss": "metric_sim.losses",
+    "default_loss_params": "metric_sim.losses",
+    "list_losses": "metric_sim.losses",
     "OnnxEncoder": "metric_sim.onnx_backend",
     "OnnxModelError": "metric_sim.onnx_backend",
+    "DemoResult": "metric_sim.training",
+    "TrainConfig": "metric_sim.training",
+    "TrainResult": "metric_sim.training",
+    "TrainingError": "metric_sim.training",
+    "fine_tune_demo": "metric_sim.training",
+    "train": "metric_sim.training",
 }
 
 __all__ = [
@@ -74,6 +85,7 @@ __all__ = [
     "Corpus",
     "DataError",
     "DedupeResult",
+    "DemoResult",
     "DuplicatePair",
     "Encoder",
     "EncoderLoadError",
@@ -82,7 +94,9 @@ __all__ = [
     "IndexConfigError",
     "IndexLoadError",
     "LoadReport",
+    "LossResult",
     "Metric",
+    "MetricLoss",
     "NeighborIndex",
     "OnnxEncoder",
     "OnnxModelError",
@@ -90,11 +104,16 @@ __all__ = [
     "PairEmbeddings",
     "SearchResult",
     "SimilarityModel",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
     "UnionFind",
     "__version__",
     "all_pairs_distances_numpy",
+    "build_loss",
     "calibration_metrics",
     "default_data_dir",
+    "default_loss_params",
     "default_model_path",
     "demo_neighbors",
     "demo_pairs_path",
@@ -103,8 +122,10 @@ __all__ = [
     "example_pair_lines",
     "expected_calibration_error",
     "export_model",
+    "fine_tune_demo",
     "format_results",
     "in_sample_thresholds",
+    "list_losses",
     "list_presets",
     "load_corpus",
     "load_pairs",
@@ -117,6 +138,7 @@ __all__ = [
     "retrieval_metrics",
     "symmetry_gap",
     "text_id",
+    "train",
     "write_report",
 ]
 
@@ -180,9 +202,24 @@ if TYPE_CHECKING:
         demo_neighbors,
         format_results,
     )
+    from metric_sim.losses import (
+        LossResult,
+        MetricLoss,
+        build_loss,
+        default_loss_params,
+        list_losses,
+    )
     from metric_sim.onnx_backend import (
         OnnxEncoder,
         OnnxModelError,
+    )
+    from metric_sim.training import (
+        DemoResult,
+        TrainConfig,
+        TrainingError,
+        TrainResult,
+        fine_tune_demo,
+        train,
     )
 
 

