@@ -1205,11 +1205,13 @@ def _text_lengths(tokenizer: Any, texts: list[str], max_length: int) -> np.ndarr
 
 @dataclass
 class DemoResult:
+    """``fine_tune_demo``'s answer: the trained model and the held-out AP before and after."""
+
     model: SimilarityModel
     ap_before: float
     ap_after: float
     seconds: float
-    run_dir: Path
+    run_dir: Path | None  # None when the run went to a temporary folder (removed afterwards)
 
 
 def fine_tune_demo(
@@ -1224,26 +1226,23 @@ def fine_tune_demo(
     """Fine-tune briefly on the bundled demo pairs; AP on a held-out 30 % before and after.
 
     Meant for ``metric-sim quickstart``: with the default model it takes well under a
-    minute on 2 CPU cores. The run folder goes to ``out_dir`` (a temporary folder if None).
+    minute on 2 CPU cores. The run folder goes to ``out_dir`` (a temporary folder,
+    removed afterwards, if None); ``encoder`` replaces ``model`` (tests).
     """
     from metric_sim import demo_pairs_path
 
     data = load_pairs(demo_pairs_path(), text_a="question1", text_b="question2", label="is_duplicate")
-    parts = data.group_split({"train": 0.7, "dev": 0.3}, seed=0)
+    parts = data.group_split({"train": 0.7, "dev": 0.3}, seed=0)  # no question on both sides
     config = TrainConfig(
-        train_file=str(demo_pairs_path()), model=model, metric="euclidean", loss="online_contrastive",
-        batch_size=16, learning_rate=5e-5, warmup_ratio=0.1, max_steps=max_steps, eval_steps=max_steps,
-        save_total_limit=1, load_best_model_at_end=False, seed=seed, logging_steps=max(1, max_steps // 4),
+        train_file=str(demo_pairs_path()), text_a="question1", text_b="question2", label="is_duplicate",
+        model=model, metric="euclidean", loss="online_contrastive", batch_size=16, learning_rate=5e-5,
+        warmup_ratio=0.1, max_steps=max_steps, eval_steps=max_steps, save_total_limit=1,
+        load_best_model_at_end=False, seed=seed, logging_steps=max(1, max_steps // 4),
     )
-    holder = None
-    if out_dir is None:
-        holder = tempfile.TemporaryDirectory(prefix="metric-sim-demo-")
-        out_dir = Path(holder.name) / "run"
-    result = train(config, out_dir, encoder=encoder, train_data=parts["train"], dev_data=parts["dev"],
-                   show_progress=show_progress)
-    demo = DemoResult(result.model, result.metrics["zero_shot_dev"]["average_precision"],
-                      result.metrics["dev"]["average_precision"], result.wall_time_s, result.run_dir)
-    if holder is not None:
-        demo.run_dir = Path(out_dir)
-        holder.cleanup()  # the model lives in memory; the run folder was only scratch space
-    return demo
+    with tempfile.TemporaryDirectory(prefix="metric-sim-demo-") as scratch:
+        target = Path(out_dir) if out_dir is not None else Path(scratch) / "run"
+        result = train(config, target, encoder=encoder, train_data=parts["train"], dev_data=parts["dev"],
+                       show_progress=show_progress)
+    return DemoResult(result.model, result.metrics["zero_shot_dev"]["average_precision"],
+                      result.metrics["dev"]["average_precision"], result.wall_time_s,
+                      result.run_dir if out_dir is not None else None)
