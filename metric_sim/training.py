@@ -1218,16 +1218,19 @@ def fine_tune_demo(
     model: str = "default",
     out_dir: str | os.PathLike[str] | None = None,
     *,
-    max_steps: int = 24,
+    max_steps: int = 64,
+    learning_rate: float = 1e-4,
     seed: int = 42,
     show_progress: bool = False,
     encoder: Encoder | None = None,
 ) -> DemoResult:
     """Fine-tune briefly on the bundled demo pairs; AP on a held-out 30 % before and after.
 
-    Meant for ``metric-sim quickstart``: with the default model it takes well under a
-    minute on 2 CPU cores. The run folder goes to ``out_dir`` (a temporary folder,
-    removed afterwards, if None); ``encoder`` replaces ``model`` (tests).
+    Meant for ``metric-sim quickstart``: with the default model it takes about 20 s on
+    2 idle CPU cores (64 steps of 16 pairs, about 4 epochs of the 260 training pairs;
+    measured AP 0.609 -> 0.637 on the held-out pairs, which are hard negatives by
+    design). The run folder goes to ``out_dir`` (a temporary folder, removed
+    afterwards, if None); ``encoder`` replaces ``model`` (tests).
     """
     from metric_sim import demo_pairs_path
 
@@ -1235,7 +1238,7 @@ def fine_tune_demo(
     parts = data.group_split({"train": 0.7, "dev": 0.3}, seed=0)  # no question on both sides
     config = TrainConfig(
         train_file=str(demo_pairs_path()), text_a="question1", text_b="question2", label="is_duplicate",
-        model=model, metric="euclidean", loss="online_contrastive", batch_size=16, learning_rate=5e-5,
+        model=model, metric="euclidean", loss="online_contrastive", batch_size=16, learning_rate=learning_rate,
         warmup_ratio=0.1, max_steps=max_steps, eval_steps=max_steps, save_total_limit=1,
         load_best_model_at_end=False, seed=seed, logging_steps=max(1, max_steps // 4),
     )
