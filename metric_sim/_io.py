@@ -13,13 +13,26 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "metric_sim.json"
 FORMAT_VERSION = 1  # of metric_sim.json
 DEFAULT_MODEL = "default"  # the name that loads the packaged all-MiniLM-L6-v2
+
+
+def package_versions(packages: Iterable[str]) -> dict[str, str]:
+    """Installed version of each distribution (``"not installed"`` if absent), for provenance records."""
+    from importlib import metadata
+
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def read_json(path: Path) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from metric_sim._io import atomic_file
+from metric_sim._io import atomic_file, package_versions
 from metric_sim._validation import require_matrix, require_positive_int
 from metric_sim.calibration import (
     CalibrationError,
@@ -580,15 +580,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    out = {}
-    for package in ("metric-sim", "torch", "transformers", "scikit-learn", "pytorch-metric-learning", "matplotlib"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "not installed"
-    return out
+    return package_versions(("metric-sim", "torch", "transformers", "scikit-learn", "pytorch-metric-learning", "matplotlib"))
 
 
 def _report_markdown(payload: dict[str, Any], evaluations: Sequence[Evaluation], examples: list[str]) -> str:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metric_sim._io import CONFIG_FILE, atomic_dir, read_json, write_json_atomic
+from metric_sim._io import CONFIG_FILE, atomic_dir, package_versions, read_json, write_json_atomic
 from metric_sim.calibration import SimilarityModel
 from metric_sim.distances import Metric
 from metric_sim.encoder import DEFAULT_MODEL, Encoder, default_model_path
@@ -116,19 +116,13 @@ def train_config_digest(train_config: dict[str, Any] | None) -> str | None:
 
 
 def library_versions(*, with_onnx: bool = False) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     import metric_sim
 
     names = ["torch", "transformers", "pytorch-metric-learning", "tokenizers", "safetensors"]
     if with_onnx:
         names += ["onnx", "onnxruntime", "onnxscript"]
     found = {"metric_sim": metric_sim.__version__, "python": platform.python_version()}
-    for name in names:
-        try:
-            found[name.replace("-", "_")] = version(name)
-        except PackageNotFoundError:
-            found[name.replace("-", "_")] = "not installed"
+    found.update({name.replace("-", "_"): v for name, v in package_versions(names).items()})
     return found
 
 

@@ -42,6 +42,7 @@ from torch.utils.data import Dataset, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from metric_sim._io import package_versions
 from metric_sim._validation import (
     require_choice,
     require_positive_float,
@@ -865,16 +866,9 @@ def _preflight(loss: MetricLoss, pairs: PreparedPairs, sampler: Sampler[int], ba
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for package in ("metric-sim", "torch", "transformers", "pytorch-metric-learning", "datasets", "accelerate",
-                    "scikit-learn", "numpy"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "not installed"
-    return out
+    packages = ("metric-sim", "torch", "transformers", "pytorch-metric-learning", "datasets", "accelerate",
+                "scikit-learn", "numpy")
+    return {"python": platform.python_version(), **package_versions(packages)}
 
 
 def _hardware() -> dict[str, Any]:
