@@ -291,6 +291,8 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
     calibrate = sub.add_parser("calibrate", help="fit the distance -> probability calibrator on a held-out split and store it in the model folder")
     _add_model_data_args(calibrate)
     calibrate.add_argument("--split", default=None, help="held-out split to fit on, e.g. dev (default: every pair of the file)")
+    calibrate.add_argument("--feature", choices=("squared", "linear"), default="squared",
+                           help="logistic on d^2 (default; the logistic on cosine for unit vectors) or on d")
     calibrate.set_defaults(handler=_cmd_calibrate)
 
 
@@ -307,7 +309,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     pairs = load_pairs_from_args(args, args.data, split=args.split, split_file=args.split_file)
     model = SimilarityModel.from_pretrained(folder)
     previous = model.calibrator
-    calibrator = model.calibrate(pairs, fitted_on=describe_split(pairs, args.split), batch_size=batch_size, show_progress=True)
+    calibrator = model.calibrate(pairs, fitted_on=describe_split(pairs, args.split), batch_size=batch_size, show_progress=True,
+                                 feature=args.feature)
     written = model.save_calibrator(folder)
     result = {
         "model": str(folder),
@@ -321,7 +324,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         _print_json(result)
         return EXIT_OK
     print(f"fitted on {calibrator.fitted_on}: {result['positives']:,} similar pairs")
-    print(f"p(similar | d) = sigmoid({calibrator.weight:.4f} * d + {calibrator.bias:.4f})   ({model.metric.value} distance)")
+    print(f"p(similar | d) = {calibrator.formula}   ({model.metric.value} distance)")
     print(f"threshold tau = {calibrator.threshold:.4f}: similar when d <= tau;  p(d=0) = {result['max_probability']:.4f}")
     if previous is not None:
         print(f"replaced the previous calibrator (tau = {previous.threshold:.4f}, fitted on {previous.fitted_on})")

@@ -495,7 +495,7 @@ def render_model_card(
     if model.calibrator is not None:
         cal = model.calibrator
         card += [
-            f"- calibrator: p(similar | d) = sigmoid({cal.weight:.6g} * d + {cal.bias:.6g}), fitted on "
+            f"- calibrator: p(similar | d) = {cal.formula}, fitted on "
             f"{_fmt(cal.fitted_on) if cal.fitted_on else 'held-out pairs'} ({cal.n_fit:,} pairs)",
             f"- **decision threshold: similar when d <= {cal.threshold:.6g}**",
         ]

@@ -18,34 +18,81 @@ def _separable(seed=0, n=400):
     return distances, labels
 
 
-def test_fit_matches_sklearn_unregularised_and_threshold_is_minus_b_over_w():
+@pytest.mark.parametrize("feature, transform", [("squared", np.square), ("linear", lambda d: d)])
+def test_fit_matches_sklearn_unregularised_and_threshold_solves_p_half(feature, transform):
     from sklearn.linear_model import LogisticRegression
 
     distances, labels = _separable()
     labels[:20] = 0  # some overlap so the MLE is finite
     labels[-20:] = 1
-    cal = Calibrator.fit(distances, labels, "euclidean", fitted_on="dev")
-    ref = LogisticRegression(C=np.inf, max_iter=1000).fit(distances[:, None], labels)
-    assert cal.weight == pytest.approx(ref.coef_[0, 0], rel=1e-6)
-    assert cal.bias == pytest.approx(ref.intercept_[0], rel=1e-6)
+    cal = Calibrator.fit(distances, labels, "euclidean", fitted_on="dev", feature=feature)
+    assert cal.feature == feature
+    x = transform(distances)[:, None]
+    ref = LogisticRegression(C=np.inf, max_iter=1000, tol=1e-8).fit(x, labels)
+    assert cal.weight == pytest.approx(ref.coef_[0, 0], rel=1e-4)
+    assert cal.bias == pytest.approx(ref.intercept_[0], rel=1e-4)
     assert cal.weight < 0
-    assert cal.threshold == pytest.approx(-cal.bias / cal.weight)
+    expected_tau = -cal.bias / cal.weight
+    assert cal.threshold == pytest.approx(np.sqrt(expected_tau) if feature == "squared" else expected_tau)
     assert cal.predict_proba([cal.threshold])[0] == pytest.approx(0.5)
-    np.testing.assert_allclose(cal.predict_proba(distances), ref.predict_proba(distances[:, None])[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(cal.predict_proba(distances), ref.predict_proba(x)[:, 1], rtol=1e-4)
     # Decision and probability agree: similar iff p >= 0.5 iff d <= tau.
     np.testing.assert_array_equal(cal.predict(distances), (cal.predict_proba(distances) >= 0.5).astype(int))
     np.testing.assert_array_equal(cal.predict(distances), (distances <= cal.threshold).astype(int))
+    # p falls monotonically with distance, so d = 0 gets the largest probability.
+    grid = np.linspace(0, distances.max(), 200)
+    assert np.all(np.diff(cal.predict_proba(grid)) < 0)
 
 
-def test_hand_computed_probability():
-    cal = Calibrator(weight=-2.0, bias=3.0, metric="manhattan")
+def test_squared_feature_fits_manhattan_scale_like_the_scaled_problem():
+    # Manhattan distances run to tens, d^2 to hundreds: the fit must not depend on that scale.
+    distances, labels = _separable(2)
+    labels[:30] = 0
+    small = Calibrator.fit(distances, labels, "euclidean")
+    large = Calibrator.fit(distances * 15.6, labels, "manhattan")
+    assert large.weight * 15.6**2 == pytest.approx(small.weight, rel=1e-4)
+    assert large.bias == pytest.approx(small.bias, rel=1e-4)
+    assert large.threshold == pytest.approx(small.threshold * 15.6, rel=1e-4)
+
+
+def test_hand_computed_probability_linear():
+    cal = Calibrator(weight=-2.0, bias=3.0, metric="manhattan", feature="linear")
     assert cal.threshold == 1.5
+    assert cal.formula == "sigmoid(-2 * d + 3)"
     assert cal.predict_proba([0.0])[0] == pytest.approx(1 / (1 + np.exp(-3.0)))
     assert cal.predict_proba([2.0])[0] == pytest.approx(1 / (1 + np.exp(1.0)))
     assert cal.distance_at(0.5) == pytest.approx(1.5)
     # Above p(d=0) no distance reaches the probability: the radius comes out negative.
     assert cal.distance_at(0.99) < 0
     assert cal.predict_proba([cal.distance_at(0.9)])[0] == pytest.approx(0.9)
+
+
+def test_hand_computed_probability_squared():
+    cal = Calibrator(weight=-2.0, bias=8.0, metric="euclidean")  # squared is the default
+    assert cal.feature == "squared"
+    assert cal.formula == "sigmoid(-2 * d^2 + 8)"
+    assert cal.threshold == 2.0  # -2 d^2 + 8 = 0 at d = 2
+    assert cal.predict_proba([0.0])[0] == pytest.approx(1 / (1 + np.exp(-8.0)))
+    assert cal.predict_proba([1.0])[0] == pytest.approx(1 / (1 + np.exp(-6.0)))
+    assert cal.predict_proba([3.0])[0] == pytest.approx(1 / (1 + np.exp(10.0)))
+    assert cal.distance_at(1 / (1 + np.exp(-6.0))) == pytest.approx(1.0)
+    assert cal.distance_at(0.9999) < 0  # p(d=0) = 0.99966 is the most this model gives
+    # Even d = 0 below p = 0.5: the threshold is negative and nothing is predicted similar.
+    never = Calibrator(weight=-1.0, bias=-4.0, metric="euclidean")
+    assert never.threshold == -2.0 and never.predict([0.0, 1.0]).tolist() == [0, 0]
+
+
+def test_unknown_feature_is_refused():
+    with pytest.raises(ValueError, match="feature.*'cubic'"):
+        Calibrator(weight=-1.0, bias=0.0, metric="euclidean", feature="cubic")
+    with pytest.raises(ValueError, match="feature.*'log'"):
+        Calibrator.fit([0.1, 2.0], [1, 0], "euclidean", feature="log")
+
+
+def test_calibrator_saved_before_the_feature_existed_loads_as_linear():
+    legacy = {"weight": -2.0, "bias": 3.0, "threshold": 1.5, "metric": "euclidean", "n_fit": 10, "fitted_on": "dev"}
+    cal = Calibrator.from_dict(legacy)
+    assert cal.feature == "linear" and cal.threshold == 1.5
 
 
 def test_non_separating_distance_and_single_class_are_refused():

@@ -69,7 +69,7 @@ METRICS = {
     "dev": {"average_precision": 0.8123, "roc_auc": 0.9012, "threshold": 1.5, "pairs": 3572},
     "zero_shot_dev": {"average_precision": 0.7681, "roc_auc": 0.8699, "pairs": 3572},
 }
-CALIBRATOR = Calibrator(weight=-2.0, bias=3.0, metric="manhattan", n_fit=3572, fitted_on="dev")
+CALIBRATOR = Calibrator(weight=-2.0, bias=3.0, metric="manhattan", n_fit=3572, fitted_on="dev", feature="linear")
 
 
 def _make_run(folder: Path, encoder: Encoder) -> Path:

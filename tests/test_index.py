@@ -64,7 +64,7 @@ def _clustered(n, dim=32, seed=0, scale=6.0, n_dups=20):
 
 def _calibrator(metric, d):
     """A calibrator whose 0.5 threshold is the distance ``d``."""
-    return Calibrator(weight=-4.0 / d, bias=4.0, metric=metric)
+    return Calibrator(weight=-4.0 / d, bias=4.0, metric=metric, feature="linear")
 
 
 def _check_knn(result_ids, result_d, oracle_row, ids, k):
@@ -240,7 +240,7 @@ def test_range_search_matches_brute_force(metric):
     queries = np.concatenate([x[:20], _clustered(20, seed=4)])
     oracle = all_pairs_distances_numpy(queries, x, metric)
     radius = float(np.quantile(oracle, 0.02))
-    cal = Calibrator(weight=-2.0, bias=2.0 * radius, metric=metric)  # p = 0.5 exactly at radius
+    cal = Calibrator(weight=-2.0, bias=2.0 * radius, metric=metric, feature="linear")  # p = 0.5 exactly at radius
     index = NeighborIndex.from_embeddings(x, [str(i) for i in range(len(x))], metric=metric, calibrator=cal)
     by_distance = index.range_search_embeddings(queries, max_distance=radius)
     by_prob = index.range_search_embeddings(queries, min_prob=0.5)
