@@ -334,7 +334,7 @@ def _check_schema(payload: dict, model_names: list[str]) -> None:
     assert list(payload["models"]) == model_names
     for m in payload["models"].values():
         assert set(m) >= {"source", "metric", "calibrator", "max_probability", "pairs", "calibration", "retrieval", "symmetry", "timing_s"}
-        assert set(m["calibrator"]) >= {"weight", "bias", "threshold", "metric", "n_fit", "fitted_on", "origin"}
+        assert set(m["calibrator"]) >= {"weight", "bias", "threshold", "metric", "n_fit", "fitted_on", "origin", "feature"}
         pairs = m["pairs"]
         for key in ("average_precision", "roc_auc", "threshold", "accuracy", "f1", "precision", "recall"):
             assert isinstance(pairs[key], float) and (0 <= pairs[key] <= 1 or key == "threshold"), key
