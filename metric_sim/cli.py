@@ -333,18 +333,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- index build / query / dedupe (issue 5)
-def _resolve_model_dir(value: str) -> str:
-    """``--model`` takes a model folder or a RUN_DIR (whose model is ``RUN_DIR/model``)."""
-    path = Path(value).expanduser()
-    if path.is_dir() and not (path / "metric_sim.json").is_file() and (path / "model").is_dir():
-        return str(path / "model")
-    return value
-
-
 def _load_similarity_model(value: str) -> Any:
+    """``--model`` takes a model folder or a RUN_DIR (``from_pretrained`` resolves ``RUN_DIR/model``)."""
     from metric_sim.calibration import SimilarityModel
 
-    return SimilarityModel.from_pretrained(_resolve_model_dir(value))
+    return SimilarityModel.from_pretrained(value)
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from metric_sim._io import CONFIG_FILE, atomic_dir, package_versions, read_json, write_json_atomic
-from metric_sim.calibration import SimilarityModel
+from metric_sim.calibration import SimilarityModel, resolve_model_dir
 from metric_sim.distances import Metric
 from metric_sim.encoder import DEFAULT_MODEL, Encoder, default_model_path
 from metric_sim.onnx_backend import ONNX_DIR, ONNX_FP32, ONNX_INT8, OnnxEncoder
@@ -88,15 +88,16 @@ def resolve_source(source: str | os.PathLike[str]) -> ExportSource:
     path = Path(source).expanduser().resolve()
     if not path.is_dir():
         raise ExportError(f"source {str(source)!r} is not a folder: expected a run folder (with model/) or a model folder")
-    if (path / "model").is_dir() and (path / "model" / "config.json").is_file():
-        train_config = read_json(path / "train_config.json") if (path / "train_config.json").is_file() else None
-        metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
-        return ExportSource(model_dir=path / "model", run_dir=path, train_config=train_config, metrics=metrics)
-    if (path / "config.json").is_file():
+    model_dir = resolve_model_dir(path)
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(
+            f"source {str(source)!r} is neither a run folder (no model/config.json) nor a model folder (no config.json)"
+        )
+    if model_dir == path:
         return ExportSource(model_dir=path)
-    raise ExportError(
-        f"source {str(source)!r} is neither a run folder (no model/config.json) nor a model folder (no config.json)"
-    )
+    train_config = read_json(path / "train_config.json") if (path / "train_config.json").is_file() else None
+    metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
+    return ExportSource(model_dir=model_dir, run_dir=path, train_config=train_config, metrics=metrics)
 
 
 def default_model_path_or_none() -> Path | None:
