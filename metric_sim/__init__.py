@@ -70,6 +70,7 @@ _EXPORTS: dict[str, str] = {
     "SearchResult": "metric_sim.index",
     "demo_neighbors": "metric_sim.index",
     "format_results": "metric_sim.index",
+    "CrossRankLoss": "metric_sim.losses",
     "LossResult": "metric_sim.losses",
     "MetricLoss": "metric_sim.losses",
     "build_loss": "metric_sim.losses",
@@ -77,6 +78,11 @@ _EXPORTS: dict[str, str] = {
     "list_losses": "metric_sim.losses",
     "OnnxEncoder": "metric_sim.onnx_backend",
     "OnnxModelError": "metric_sim.onnx_backend",
+    "ShardError": "metric_sim.sharded",
+    "ShardedBuild": "metric_sim.sharded",
+    "ShardedEncoding": "metric_sim.sharded",
+    "build_index_sharded": "metric_sim.sharded",
+    "encode_sharded": "metric_sim.sharded",
     "DemoResult": "metric_sim.training",
     "TrainConfig": "metric_sim.training",
     "TrainResult": "metric_sim.training",
@@ -89,6 +95,7 @@ __all__ = [
     "CalibrationError",
     "Calibrator",
     "Corpus",
+    "CrossRankLoss",
     "DataError",
     "DedupeResult",
     "DemoResult",
@@ -109,6 +116,9 @@ __all__ = [
     "PairDataset",
     "PairEmbeddings",
     "SearchResult",
+    "ShardError",
+    "ShardedBuild",
+    "ShardedEncoding",
     "SimilarityModel",
     "TrainConfig",
     "TrainResult",
@@ -116,6 +126,7 @@ __all__ = [
     "UnionFind",
     "__version__",
     "all_pairs_distances_numpy",
+    "build_index_sharded",
     "build_loss",
     "calibration_metrics",
     "default_data_dir",
@@ -123,6 +134,7 @@ __all__ = [
     "default_model_path",
     "demo_neighbors",
     "demo_pairs_path",
+    "encode_sharded",
     "evaluate",
     "evaluate_and_report",
     "example_pair_lines",
@@ -209,6 +221,7 @@ if TYPE_CHECKING:
         format_results,
     )
     from metric_sim.losses import (
+        CrossRankLoss,
         LossResult,
         MetricLoss,
         build_loss,
@@ -218,6 +231,13 @@ if TYPE_CHECKING:
     from metric_sim.onnx_backend import (
         OnnxEncoder,
         OnnxModelError,
+    )
+    from metric_sim.sharded import (
+        ShardedBuild,
+        ShardedEncoding,
+        ShardError,
+        build_index_sharded,
+        encode_sharded,
     )
     from metric_sim.training import (
         DemoResult,

@@ -385,20 +385,40 @@ def _add_index_parser(sub: argparse._SubParsersAction) -> None:
     _add_corpus_args(build)
     _add_index_kind_args(build, "flat")
     build.add_argument("--out", required=True, help="index folder to write (replaced atomically if it holds an index)")
+    # Sharded encoding (issue 8): `torchrun --nproc_per_node N -m metric_sim index build ...` splits the work.
+    build.add_argument("--work-dir", default=None, metavar="DIR",
+                       help="per-shard embeddings, kept until the index is saved so a rerun resumes (default: OUT.shards)")
+    build.add_argument("--shard-size", type=int, default=None, metavar="N",
+                       help="texts per shard, rounded up to a multiple of --batch-size (default 8192)")
+    build.add_argument("--keep-shards", action="store_true", help="keep the work folder after the index is saved")
     build.add_argument("--json", action="store_true", help="print machine-readable JSON")
     build.set_defaults(handler=_cmd_index_build)
 
 
 def _cmd_index_build(args: argparse.Namespace) -> int:
+    from metric_sim._validation import require_positive_int
+    from metric_sim.data import load_corpus
     from metric_sim.index import check_save_target
+    from metric_sim.sharded import SHARD_SIZE, build_index_sharded
 
     started = time.perf_counter()
     try:
         check_save_target(args.out)  # before the slow encoding, not after it
     except FileExistsError as exc:
         raise UsageError(f"--out {args.out}: {exc}") from None
-    corpus, index = _build_corpus_index(args)
-    out = index.save(args.out)
+    shard_size = require_positive_int("--shard-size", args.shard_size) if args.shard_size is not None else SHARD_SIZE
+    corpus = load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    model = _load_similarity_model(args.model)
+    logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
+    # One code path with or without torchrun: each rank encodes its shards, rank 0 builds the index.
+    built = build_index_sharded(
+        model, corpus.texts, corpus.ids, args.out, kind=args.kind, work_dir=args.work_dir,
+        batch_size=require_positive_int("--batch-size", args.batch_size), shard_size=shard_size,
+        keep_shards=args.keep_shards, show_progress=True, **_index_params(args),
+    )
+    if built.index is None:  # torchrun rank > 0: rank 0 reports
+        return EXIT_OK
+    index, out, encoding = built.index, built.out_dir, built.encoding
     summary = {
         "out": str(out),
         "items": len(index),
@@ -409,6 +429,10 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
         "calibrated": index.calibrator is not None,
         "model_path": index.model_path,
         "seconds": round(time.perf_counter() - started, 2),
+        "ranks": encoding.world_size,
+        "shards": encoding.plan.n_shards,
+        "shards_resumed": len(encoding.reused),
+        "work_dir": str(built.work_dir) if args.keep_shards else None,
     }
     if args.json:
         _print_json(summary)
@@ -553,6 +577,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--set/--max-steps with --resume need --config (the run continues with its saved config)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = train(config, out, resume=args.resume, show_progress=not args.no_progress)
+    from metric_sim.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: every rank returns the same result; rank 0 reports it
+        return EXIT_OK
     dev = result.metrics.get("dev", {})
     zero = result.metrics.get("zero_shot_dev", {})
     print(f"run folder:       {result.run_dir}")

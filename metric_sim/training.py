@@ -11,6 +11,15 @@ torchrun. :class:`MetricTrainer` only replaces three hooks:
   that picks the best checkpoint);
 * ``_get_train_sampler``: length-grouped or cluster-aware batches.
 
+Under ``torchrun`` (one process per GPU, or several CPU processes with gloo) the
+Trainer's own DDP runs the model; accelerate gives each rank every ``world_size``-th
+batch of ``batch_size`` pairs from the same seeded sampler, so one step covers the
+``world_size * batch_size`` pairs a single process would take with that batch size.
+:class:`metric_sim.losses.CrossRankLoss` rebuilds that union for the loss (negatives
+and mining across ranks) and scales the gradient so DDP's average equals the
+single-process gradient. Rank 0 alone evaluates on dev, calibrates and writes the
+run folder; the other ranks wait for its results.
+
 A run folder (``train(config, out_dir=RUN_DIR)``)::
 
     RUN_DIR/train_config.json   resolved TrainConfig + "run" section
@@ -42,6 +51,7 @@ from torch.utils.data import Dataset, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from metric_sim import distributed
 from metric_sim._io import package_versions
 from metric_sim._validation import (
     require_choice,
@@ -53,7 +63,14 @@ from metric_sim.calibration import CalibrationError, Calibrator, SimilarityModel
 from metric_sim.data import PairDataset, UnionFind, default_data_dir, load_pairs, load_preset
 from metric_sim.distances import Metric, paired_distances_numpy
 from metric_sim.encoder import Encoder, read_json, write_json_atomic
-from metric_sim.losses import LossResult, MetricLoss, build_loss, count_usable, list_losses
+from metric_sim.losses import (
+    CrossRankLoss,
+    LossResult,
+    MetricLoss,
+    build_loss,
+    count_usable,
+    list_losses,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +146,7 @@ class TrainConfig:
     # loss and batches
     loss: str = "online_contrastive"
     loss_params: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 32
+    batch_size: int = 32  # pairs per step of each process (under torchrun: per rank)
     sampler: str = "auto"
     samples_per_cluster: int = 4
     # optimisation (handed to transformers.TrainingArguments)
@@ -450,7 +467,9 @@ class PairCollator:
 
     ``features`` is the tokenizer output (dynamic padding to the longest unique text)
     or, in frozen mode, ``{"embeddings": cached base embeddings}``. ``idx_a``/``idx_b``
-    index rows of that unique-text batch; ``text_labels`` are their cluster ids.
+    index rows of that unique-text batch; ``text_labels`` are their cluster ids and
+    ``text_ids`` their ids in :class:`PreparedPairs` (ascending), which let several ranks'
+    batches be merged into one (:func:`metric_sim.losses.merge_batches`).
     """
 
     def __init__(self, pairs: PreparedPairs, *, tokenizer: Any = None, max_length: int = 128,
@@ -481,6 +500,7 @@ class PairCollator:
             "idx_b": torch.from_numpy(inverse[b:].astype(np.int64)),
             "pair_labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
             "text_labels": torch.from_numpy(self.pairs.text_labels[unique]),
+            "text_ids": torch.from_numpy(unique.astype(np.int64)),
         }
 
 
@@ -751,6 +771,7 @@ class MetricTrainer(Trainer):
                  sampler_factory: Any, guard: _ZeroLossGuard, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metric_loss = metric_loss
+        self.cross_rank_loss = CrossRankLoss(metric_loss)  # = metric_loss in one process
         self.dev_evaluator = dev_evaluator
         self.sampler_factory = sampler_factory
         self.guard = guard
@@ -764,11 +785,13 @@ class MetricTrainer(Trainer):
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         embeddings = model(**inputs["features"])
-        result = self.metric_loss(embeddings, inputs["idx_a"], inputs["idx_b"], inputs["pair_labels"],
-                                  inputs["text_labels"])
+        # Under torchrun the loss sees every rank's pairs (the same value on every rank).
+        result = self.cross_rank_loss(embeddings, inputs["idx_a"], inputs["idx_b"], inputs["pair_labels"],
+                                      inputs["text_labels"], inputs.get("text_ids"))
         if model.training:
             self.guard.record(result)
-            self.pairs_seen += int(inputs["pair_labels"].shape[0])
+            # accelerate gives every rank a batch of the same size (even_batches): count all ranks' pairs
+            self.pairs_seen += int(inputs["pair_labels"].shape[0]) * distributed.world_size()
             value = float(result.loss.detach())
             self.recent_loss = value if math.isnan(self.recent_loss) else 0.9 * self.recent_loss + 0.1 * value
         return (result.loss, {"embeddings": embeddings}) if return_outputs else result.loss
@@ -776,7 +799,9 @@ class MetricTrainer(Trainer):
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         started = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
-        raw = self.dev_evaluator(model, step=self.state.global_step)
+        # Rank 0 scores dev; every rank needs the figures (best-checkpoint bookkeeping).
+        raw = self.dev_evaluator(model, step=self.state.global_step) if distributed.is_main_process() else None
+        raw = distributed.broadcast_object(raw)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
         elapsed = time.perf_counter() - started
         self.eval_seconds += elapsed
@@ -918,6 +943,8 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, show_progress: b
         remove_unused_columns=False,  # rows are {tid_a, tid_b, label}; the collator builds the model inputs
         dataloader_num_workers=config.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # accelerate runs several CPU processes (gloo DDP) only when told to use the CPU; alone, it keeps its default
+        use_cpu=distributed.world_size() > 1 and not torch.cuda.is_available(),
         disable_tqdm=not show_progress,
     )
 
@@ -944,10 +971,6 @@ def _last_complete_checkpoint(checkpoints: Path) -> Path | None:
             return path
         logger.warning("skipping incomplete checkpoint %s (no trainer_state.json: interrupted while saving)", path)
     return None
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; one writer for the run files
 
 
 def _load_encoder(config: TrainConfig) -> Encoder:
@@ -1006,7 +1029,18 @@ def train(
     ``resume=True`` continues from the last checkpoint in ``out_dir/checkpoints`` with
     the saved config (``config`` may be None, or must equal it). ``encoder``,
     ``train_data`` and ``dev_data`` replace what the config would load (tests, notebooks).
+
+    Under ``torchrun`` every rank calls this with the same arguments; ``batch_size`` is
+    per rank. Rank 0 writes the run folder; every rank returns the same result.
     """
+    with distributed.quiet_replicas():  # one rank logs for the job
+        return _train(config, out_dir, resume=resume, encoder=encoder, train_data=train_data, dev_data=dev_data,
+                      show_progress=show_progress, callbacks=callbacks)
+
+
+def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resume: bool, encoder: Encoder | None,
+           train_data: PairDataset | None, dev_data: PairDataset | None, show_progress: bool,
+           callbacks: Sequence[TrainerCallback]) -> TrainResult:
     started = time.perf_counter()
     run_dir = Path(out_dir).expanduser().resolve()
     checkpoints = run_dir / CHECKPOINT_DIR
@@ -1035,6 +1069,13 @@ def train(
         encoder.max_length = min(encoder.max_length, config.max_length)
         if config.normalize is not None:
             encoder.normalize = config.normalize
+    # Opens the process group under torchrun (the Trainer's own DDP setup: gloo on CPU, NCCL on GPU).
+    args = _training_arguments(config, checkpoints, show_progress)
+    world = args.world_size
+    main = distributed.is_main_process()
+    if world > 1:
+        logger.info("torchrun: %d processes (%s), %d pairs per rank per step, %d in all", world,
+                    args.device.type, config.batch_size, config.batch_size * world)
     torch.manual_seed(config.seed)
     pairs = prepare_pairs(train_data)
     evaluator = _DevEvaluator(dev_data, metric, config.eval_batch_size)
@@ -1053,8 +1094,11 @@ def train(
         else:
             projection = _identity_projection(hidden, out_dim, config.seed)
         cache = run_dir / "cache"
-        train_base = _base_embeddings(encoder, pairs.texts, cache, "train", config.eval_batch_size, show_progress)
-        evaluator.base = _base_embeddings(encoder, evaluator.texts, cache, "dev", config.eval_batch_size, show_progress)
+        # The first process of each machine fills the cache; the others then read it.
+        with args.main_process_first(local=True, desc="frozen-encoder embeddings"):
+            train_base = _base_embeddings(encoder, pairs.texts, cache, "train", config.eval_batch_size, show_progress)
+            evaluator.base = _base_embeddings(encoder, evaluator.texts, cache, "dev", config.eval_batch_size,
+                                              show_progress)
         model: nn.Module = ProjectionHead(projection, encoder.normalize)
         collator_kwargs = {"embeddings": train_base}
     else:
@@ -1065,8 +1109,9 @@ def train(
 
     zero_shot: dict[str, Any] = {}
     if config.zero_shot_eval:
+        model.to(args.device)
         # Frozen mode scores the untrained head on the cached embeddings: the same numbers, no second encode.
-        zero_shot = evaluator(model)
+        zero_shot = distributed.broadcast_object(evaluator(model) if main else None)
         logger.info("zero-shot dev AP (%s) %.4f; median distance similar %.4g, dissimilar %.4g", metric.value,
                     zero_shot["average_precision"], zero_shot["median_distance_similar"],
                     zero_shot["median_distance_dissimilar"])
@@ -1089,18 +1134,20 @@ def train(
         if sampler_kind == "cluster":
             return ClusterPairSampler(pairs.text_labels[pairs.tid_a], config.samples_per_cluster, config.seed)
         if pair_lengths:
-            return LengthGroupedPairSampler(pair_lengths, config.batch_size * config.gradient_accumulation_steps,
-                                            config.seed)
+            # Group by the pairs of one optimiser step over all ranks: accelerate cuts that into per-rank batches.
+            return LengthGroupedPairSampler(pair_lengths, step_pairs, config.seed)
         return RandomPairSampler(len(pairs), config.seed)
 
-    steps_per_epoch = math.ceil(len(pairs) / (config.batch_size * config.gradient_accumulation_steps))
+    # Every rank draws the same seeded order; the loss sees world * batch_size pairs per micro-batch.
+    step_pairs = config.batch_size * config.gradient_accumulation_steps * world
+    steps_per_epoch = math.ceil(len(pairs) / step_pairs)
     planned = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    _preflight(metric_loss, pairs, make_sampler(), config.batch_size, planned * config.gradient_accumulation_steps)
+    _preflight(metric_loss, pairs, make_sampler(), config.batch_size * world,
+               planned * config.gradient_accumulation_steps)
 
-    if _is_main_process():
+    if main:
         write_json_atomic(run_dir / CONFIG_FILE, {**config.to_dict(), "run": {"status": "running"}})
     guard = _ZeroLossGuard(config.loss)
-    args = _training_arguments(config, checkpoints, show_progress)
     trainer = MetricTrainer(
         model=model,
         args=args,
@@ -1116,19 +1163,63 @@ def train(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_ProgressAndLog(trainer, show_progress))
-    logger.info("training: %d steps planned (%d per epoch), batch %d, sampler %s, lr %.2g",
-                planned, steps_per_epoch, config.batch_size, sampler_kind, config.learning_rate)
+    logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
+                planned, steps_per_epoch, config.batch_size, f" x {world} ranks" if world > 1 else "",
+                sampler_kind, config.learning_rate)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    # Final model: the best checkpoint's weights (load_best_model_at_end), calibrated on dev.
     if config.freeze_encoder:
         encoder.projection = model.projection  # type: ignore[union-attr]
         for parameter in encoder.model.parameters():
             parameter.requires_grad_(True)
     similarity = SimilarityModel(encoder, metric)
+    shared: tuple[dict[str, Any], dict[str, Any] | None, float] | None = None
+    if main:  # calibration and the run files: once, on rank 0
+        metrics = _finish_run(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot)
+        wall = time.perf_counter() - started
+        run = {
+            "status": "finished",
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "wall_time_s": round(wall, 1),
+            "train_runtime_s": round(float(output.metrics.get("train_runtime", float("nan"))), 1),
+            "dev_eval_time_s": round(trainer.eval_seconds, 1),  # inside train_runtime_s
+            "train_pairs_per_s": round(trainer.pairs_seen / max(1e-9, output.metrics.get("train_runtime", 0.0) - trainer.eval_seconds), 2),
+            "world_size": world,
+            "train_pairs": len(pairs),
+            "dev_pairs": len(dev_data),
+            "sampler": sampler_kind,
+            "loss_params_resolved": metric_loss.params,
+            "batches_without_tuple": guard.total_empty,
+            "batches_all_easy": guard.total_easy,
+            "resumed": resume,
+            "hardware": _hardware(),
+            "versions": _versions(),
+            "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()},
+        }
+        write_json_atomic(run_dir / CONFIG_FILE, {**config.to_dict(), "run": run})
+        logger.info("dev AP %.4f (zero-shot %s) after %d steps in %.0f s; model saved to %s",
+                    metrics["dev"]["average_precision"],
+                    f"{zero_shot['average_precision']:.4f}" if zero_shot else "not measured",
+                    trainer.state.global_step, wall, run_dir / MODEL_DIR)
+        calibrator = similarity.calibrator
+        shared = (metrics, calibrator.to_dict() if calibrator is not None else None, wall)
+    # The other ranks wait here until rank 0 has written the run folder, then return the same result.
+    metrics, calibrator_dict, wall = distributed.broadcast_object(shared)
+    if not main and calibrator_dict is not None:
+        similarity.calibrator = Calibrator.from_dict(calibrator_dict)
+    return TrainResult(similarity, run_dir, metrics, trainer.state.global_step, wall)
+
+
+def _finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, trainer: MetricTrainer,
+                evaluator: _DevEvaluator, dev_data: PairDataset, metric_loss: MetricLoss,
+                zero_shot: dict[str, Any]) -> dict[str, Any]:
+    """Calibrate ``similarity`` on dev, save it to ``RUN_DIR/model`` and write ``metrics.json``."""
+    metric = similarity.metric
+    # Final model: the best checkpoint's weights (load_best_model_at_end), calibrated on dev.
     final_step = _checkpoint_step(trainer.state.best_model_checkpoint) if config.load_best_model_at_end else None
     final_step = trainer.state.global_step if final_step is None else final_step
     distances = evaluator.distances_in_input_order(final_step)
@@ -1143,8 +1234,6 @@ def train(
         # Keep the trained weights: an uncalibrated model is still a result worth inspecting.
         logger.warning("the model is saved without a calibrator: %s", exc)
         calibration = {"calibration_error": str(exc)}
-    if not trainer.is_world_process_zero():
-        return TrainResult(similarity, run_dir, {}, trainer.state.global_step, time.perf_counter() - started)
     similarity.save(run_dir / MODEL_DIR, extra={"training": {"loss": config.loss, "loss_params": metric_loss.params,
                                                              "steps": trainer.state.global_step}})
     dev_metrics = {**pair_metrics(distances, dev_labels),
@@ -1155,33 +1244,7 @@ def train(
     if zero_shot:
         metrics["zero_shot_dev"] = zero_shot
     write_json_atomic(run_dir / METRICS_FILE, metrics)
-
-    wall = time.perf_counter() - started
-    run = {
-        "status": "finished",
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "wall_time_s": round(wall, 1),
-        "train_runtime_s": round(float(output.metrics.get("train_runtime", float("nan"))), 1),
-        "dev_eval_time_s": round(trainer.eval_seconds, 1),  # inside train_runtime_s
-        "train_pairs_per_s": round(trainer.pairs_seen / max(1e-9, output.metrics.get("train_runtime", 0.0) - trainer.eval_seconds), 2),
-        "train_pairs": len(pairs),
-        "dev_pairs": len(dev_data),
-        "sampler": sampler_kind,
-        "loss_params_resolved": metric_loss.params,
-        "batches_without_tuple": guard.total_empty,
-        "batches_all_easy": guard.total_easy,
-        "resumed": resume,
-        "hardware": _hardware(),
-        "versions": _versions(),
-        "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()},
-    }
-    write_json_atomic(run_dir / CONFIG_FILE, {**config.to_dict(), "run": run})
-    logger.info("dev AP %.4f (zero-shot %s) after %d steps in %.0f s; model saved to %s",
-                dev_metrics["average_precision"],
-                f"{zero_shot['average_precision']:.4f}" if zero_shot else "not measured",
-                trainer.state.global_step, wall, run_dir / MODEL_DIR)
-    return TrainResult(similarity, run_dir, metrics, trainer.state.global_step, wall)
+    return metrics
 
 
 def _checkpoint_step(path: str | None) -> int | None:
