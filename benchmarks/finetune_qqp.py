@@ -1,4 +1,5 @@
-"""QQP fine-tuning benchmark: test-split AP of a metric-sim run vs zero-shot, and optionally vs
+"""QQP fine-tuning benchmark (superseded by quality.py, which adds more systems, calibration and
+symmetry; kept because README.md and docs/training.md cite it): test-split AP of a metric-sim run vs zero-shot, and optionally vs
 sentence-transformers' OnlineContrastiveLoss fine-tune at the same number of steps and batch size.
 
     python benchmarks/finetune_qqp.py --run runs/quora_duplicates            # score a finished run
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ from metric_sim import (
     Metric,
     SimilarityModel,
     TrainConfig,
-    default_model_path,
     load_preset,
     train,
 )
@@ -45,31 +44,15 @@ def _scores(model_or_encoder, pairs) -> dict[str, float]:
 
 
 def _peer(steps: int, batch_size: int, seed: int, out_dir: Path) -> tuple[Encoder, float]:
-    """sentence-transformers OnlineContrastiveLoss (cosine, margin 0.5), lr 2e-5, warmup 0.1, fp32."""
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-        losses,
-    )
+    """sentence-transformers OnlineContrastiveLoss (cosine, margin 0.5), lr 2e-5, warmup 0.1, fp32
+    (the same trainer as ``quality.py``'s ``st_online_contrastive``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality import train_sentence_transformers
 
-    train = load_preset("qqp", split="train")
-    data = Dataset.from_dict({"sentence1": train.texts_a, "sentence2": train.texts_b, "label": train.labels.tolist()})
-    model = SentenceTransformer(str(default_model_path()), device="cpu")
-    model.max_seq_length = 128
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=2e-5,
-        warmup_steps=0.1, seed=seed, save_strategy="no", report_to="none", logging_steps=50,
-    )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                         loss=losses.OnlineContrastiveLoss(model, margin=0.5))
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-    model.save(str(out_dir / "model"))
+    info = train_sentence_transformers("online_contrastive", load_preset("qqp", split="train"), out_dir, steps=steps,
+                                       batch_size=batch_size, max_length=128, seed=seed)
     # Our Encoder reads the sentence-transformers layout (mean pooling + Normalize).
-    return Encoder.from_pretrained(out_dir / "model", max_length=128), seconds
+    return Encoder.from_pretrained(out_dir / "model", max_length=128), info["train_s"]
 
 
 def main(argv: list[str] | None = None) -> int:

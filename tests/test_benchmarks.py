@@ -1,0 +1,213 @@
+"""Smoke tests of the benchmark scripts' pure parts (no real model, no training, tiny data)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import quality  # noqa: E402
+import speed  # noqa: E402
+
+
+@pytest.fixture
+def xy() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
+
+
+# ----------------------------------------------------------------------------- baselines
+def test_symmetric_features_are_exactly_symmetric_and_concat_is_not(xy):
+    x, y = xy
+    for kind in ("diff_prod", "diff"):
+        assert np.array_equal(quality.pair_features(kind, x, y), quality.pair_features(kind, y, x))
+    assert not np.array_equal(quality.pair_features("concat", x, y), quality.pair_features("concat", y, x))
+    assert quality.pair_features("diff_prod", x, y).shape == (50, 16)
+    assert np.array_equal(quality.pair_features("diff", x, y), np.abs(x - y))
+    with pytest.raises(ValueError, match="unknown feature kind 'sum'"):
+        quality.pair_features("sum", x, y)
+
+
+def test_mlp_logits_match_sklearn_probabilities_and_early_stopping_keeps_best_dev_epoch(xy):
+    x, y = xy
+    rng = np.random.default_rng(1)
+    features = quality.pair_features("diff", x, y)
+    labels = (features.sum(axis=1) < np.median(features.sum(axis=1))).astype(int)  # close pairs are similar
+    dev_x, dev_y = features[:20] + 0.01 * rng.standard_normal((20, 8)), labels[:20]
+    clf, info = quality.fit_mlp(features, labels, dev_x, dev_y, seed=0, max_epochs=6, patience=2, hidden=8)
+    # Oracle: sklearn's own predict_proba is the sigmoid of our hand-computed logit.
+    np.testing.assert_allclose(expit(quality.mlp_logits(clf, features)), clf.predict_proba(features)[:, 1], rtol=1e-10)
+    assert info["dev_ap"] == max(info["dev_ap_history"])
+    assert info["dev_ap_history"][info["best_epoch"] - 1] == info["dev_ap"]
+    assert info["dev_ap"] == round(average_precision_score(dev_y, quality.mlp_logits(clf, dev_x)), 4)
+
+
+def test_tfidf_distance_is_one_minus_cosine_and_symmetric():
+    train = ["how do i learn python", "what is the capital of france", "how to cook rice"]
+    a = ["how do i learn python", "capital of france", "zzz unknown"]
+    b = ["how do i learn python", "how to cook rice", "how to cook rice"]
+    d_ab, d_ba = quality.tfidf_distances(train, [(a, b), (b, a)])
+    assert np.array_equal(d_ab, d_ba)
+    assert d_ab[0] == pytest.approx(0.0, abs=1e-7)
+    assert d_ab[1] == pytest.approx(np.sqrt(2.0))  # no shared word: cos 0
+    assert d_ab[2] == pytest.approx(np.sqrt(2.0))  # no known word at all
+    # squared distance = 2 (1 - cos), checked against sklearn's cosine_similarity
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    v = TfidfVectorizer().fit(train)
+    cos = cosine_similarity(v.transform(["learn python now"]), v.transform(["how do i learn python"]))[0, 0]
+    (d,) = quality.tfidf_distances(train, [(["learn python now"], ["how do i learn python"])])
+    assert d[0] ** 2 == pytest.approx(2 * (1 - cos))
+
+
+# ----------------------------------------------------------------------------- scoring
+def _distance_row(seed: int = 0, n: int = 200) -> tuple[dict, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y_dev, y_test = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    dev = np.abs(rng.normal(1.0 - 0.5 * y_dev, 0.2))
+    test = np.abs(rng.normal(1.0 - 0.5 * y_test, 0.2))
+    return {"dev": dev, "test": test, "test_rev": test.copy()}, y_dev, y_test
+
+
+def test_score_row_distance_system_uses_the_library_calibrator_and_is_symmetric():
+    arrays, y_dev, y_test = _distance_row()
+    meta = {"kind": "distance", "metric": "euclidean", "train_s": 12.0}
+    out = quality.score_row(arrays, meta, y_dev, y_test)
+    assert out["average_precision"] == pytest.approx(average_precision_score(y_test, -arrays["test"]))
+    assert out["roc_auc"] == pytest.approx(roc_auc_score(y_test, -arrays["test"]))
+    calibrator = quality.Calibrator.fit(arrays["dev"], y_dev, "euclidean")
+    assert out["threshold"] == pytest.approx(calibrator.threshold)
+    assert out["accuracy"] == pytest.approx(np.mean(calibrator.predict(arrays["test"]) == y_test))
+    assert out["symmetry_max"] == 0.0 and out["symmetry_mean"] == 0.0
+    assert out["best_accuracy_in_sample"] >= out["accuracy"]
+    assert out["accuracy_gap_to_in_sample"] == pytest.approx(out["best_accuracy_in_sample"] - out["accuracy"])
+    assert 0.0 <= out["ece"] <= 1.0 and out["train_s"] == 12.0
+
+
+def test_score_row_logit_system_measures_asymmetry_through_platt_probabilities():
+    rng = np.random.default_rng(3)
+    y_dev, y_test = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    dev, test = rng.normal(2.0 * y_dev - 1.0, 1.0), rng.normal(2.0 * y_test - 1.0, 1.0)
+    test_rev = test + 0.5  # the swapped order scores higher by a fixed amount
+    out = quality.score_row({"dev": dev, "test": test, "test_rev": test_rev}, {"kind": "logit"}, y_dev, y_test)
+    from sklearn.linear_model import LogisticRegression
+
+    platt = LogisticRegression(C=np.inf, max_iter=1000).fit(dev.reshape(-1, 1), y_dev)
+    p = platt.predict_proba(test.reshape(-1, 1))[:, 1]
+    p_rev = platt.predict_proba(test_rev.reshape(-1, 1))[:, 1]
+    assert out["symmetry_max"] == pytest.approx(np.max(np.abs(p - p_rev)))
+    assert out["symmetry_mean"] == pytest.approx(np.mean(np.abs(p - p_rev)))
+    assert out["symmetry_max"] > 0.05
+    assert out["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y_test))
+    assert out["average_precision"] == pytest.approx(average_precision_score(y_test, test))
+    with pytest.raises(ValueError, match="unknown output kind 'ranking'"):
+        quality.score_row({"dev": dev, "test": test, "test_rev": test}, {"kind": "ranking"}, y_dev, y_test)
+
+
+class _Labels:
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+
+def test_store_score_all_groups_seeds_and_table_and_targets(tmp_path):
+    store = quality.Store(tmp_path)
+    arrays, y_dev, y_test = _distance_row()
+    store.save("ms_contrastive_l2", arrays, {"kind": "distance", "metric": "euclidean", "label": "ours", "train_s": 10.0})
+    peer = {**arrays, "test": arrays["test"][::-1].copy(), "test_rev": arrays["test"][::-1].copy()}  # scrambled: worse
+    store.save("st_online_contrastive", peer, {"kind": "distance", "metric": "euclidean", "label": "peer", "train_s": 20.0})
+    for seed, shift in ((0, 0.1), (1, 0.3)):
+        logits = {"dev": 1.0 - arrays["dev"], "test": 1.0 - arrays["test"], "test_rev": 1.0 - arrays["test"] + shift}
+        store.save(f"mlp_concat@s{seed}", logits, {"kind": "logit", "label": "(a)", "train_s": float(seed + 1)})
+    loaded, meta = store.load("ms_contrastive_l2")
+    assert np.array_equal(loaded["test"], arrays["test"]) and meta["label"] == "ours"
+    assert store.rows() == ["mlp_concat@s0", "mlp_concat@s1", "ms_contrastive_l2", "st_online_contrastive"]
+
+    task = type("T", (), {"dev": _Labels(y_dev), "test": _Labels(y_test)})()
+    results = quality.score_all(store, task)
+    assert set(results) == {"ms_contrastive_l2", "st_online_contrastive", "mlp_concat"}
+    mlp = results["mlp_concat"]
+    assert mlp["seeds"] == 2
+    assert mlp["summary"]["train_s"] == {"mean": 1.5, "std": pytest.approx(np.std([1.0, 2.0], ddof=1))}
+    table = quality.results_table(results)
+    lines = table.splitlines()
+    assert lines[0].startswith("| system | AP |") and len(lines) == 5
+    assert lines[2].startswith("| ours |")  # table order: metric-sim before the peer and baselines
+    assert " ± " in lines[4] and lines[4].endswith("| 2 |")
+    assert results["ms_contrastive_l2"]["summary"]["wall_s"]["mean"] == 10.0  # no wall_s recorded: the training time
+    t = quality.targets(results)
+    assert t["best_recipe_ap_vs_st"]["met"] is True and t["best_recipe_ap_vs_st"]["ours"] == "ms_contrastive_l2"
+    assert t["metric_sim_symmetry_exactly_zero"] == {"max": 0.0, "met": True}
+    assert t["baseline_a_asymmetric"]["met"] is True
+
+
+# ----------------------------------------------------------------------------- speed helpers
+def test_encoder_flops_per_token_matches_the_anchor_for_minilm():
+    assert speed.encoder_flops_per_token(384, 1536, 6, 0) == 21_233_664  # "21.23 M"
+    assert speed.encoder_flops_per_token(384, 1536, 6, 10) - speed.encoder_flops_per_token(384, 1536, 6, 9) == 9_216
+    # one sentence of n tokens at its own length: n * (21.23 M + 9,216 n)
+    assert speed.sentence_flops(np.array([16]), 384, 1536, 6)[0] == 16 * speed.encoder_flops_per_token(384, 1536, 6, 16)
+
+
+def test_interleaving_summary_and_recall():
+    assert [speed.interleaved_order(["a", "b"], r) for r in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    s = speed.summarise({"ours": [3.0, 1.0, 2.0], "peer": [1.0, 1.0, 4.0]}, "peer")
+    assert s["ours"]["median"] == 2.0 and s["ours"]["ratio"] == 2.0 and s["peer"]["ratio"] == 1.0
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 2, 1], [5, 6, 9, 10]])
+    assert speed.recall_at_k(truth, found) == pytest.approx(0.75)
+
+
+def test_speed_tables_and_plots(tmp_path):
+    results = {
+        "training": {"pairs_per_s": speed.summarise({"metric_sim": [60.0], "sentence_transformers": [30.0]},
+                                                    "sentence_transformers"),
+                     "peak_rss_mib": {"metric_sim": 900.0, "sentence_transformers": 1000.0}},
+        "index": {"rows": [{"kind": k, "size": n, "build_s": 0.1, "qps": 1e3, "latency_ms": 0.1 * n / 1e3,
+                            "recall_at_10": 1.0 if k == "flat" else 0.9, "peak_rss_mib": 300.0}
+                           for n in (1000, 10000) for k in ("flat", "hnsw")]},
+        "scaling": {"rows": [{"system": "metric_sim", "pairs": n, "steps": n // 32, "seconds": n / 60, "pairs_per_s": 60.0,
+                              "peak_rss_mib": 900.0} for n in (256, 512)]},
+    }
+    text = speed.tables(results)
+    assert "| metric_sim | 60.0 | 60.0 | 2.00x | 900 |" in text
+    assert "| hnsw | 10,000 |" in text
+    assert speed.plot_scaling(results, tmp_path) == ["speed_training_scaling.png", "speed_index_scaling.png"]
+    for name in ("speed_training_scaling.png", "speed_index_scaling.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_table_escapes_pipes_and_marks_missing_cells():
+    from _common import markdown_table
+
+    table = markdown_table(["system", "AP"], [["(d) MLP(|f(x)-f(y)|)", None]])
+    assert table.splitlines()[2] == "| (d) MLP(\\|f(x)-f(y)\\|) | – |"
+
+
+def test_write_json_is_atomic_and_readable(tmp_path):
+    from _common import write_json
+
+    path = write_json(tmp_path / "sub" / "r.json", {"a": np.float32(1.5)})
+    assert json.loads(path.read_text()) == {"a": 1.5}
+    assert not list(path.parent.glob(".*tmp"))
+
+
+def test_peak_rss_is_this_process_not_the_parent():
+    import subprocess
+
+    ballast = np.ones(40_000_000)  # 305 MiB resident in this process
+    here = speed.peak_rss_mib()
+    code = f"import sys; sys.path.insert(0, {str(BENCH)!r}); import speed; print(speed.peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1])
+    assert 0 < child and 0 < here
+    # ru_maxrss would hand the child this process's pre-exec peak; VmHWM does not
+    assert child < here - 250
+    del ballast
