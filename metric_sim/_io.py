@@ -9,6 +9,7 @@ renamed into place, so a crash never leaves a half-written file or folder behind
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,15 @@ from typing import Any
 CONFIG_FILE = "metric_sim.json"
 FORMAT_VERSION = 1  # of metric_sim.json
 DEFAULT_MODEL = "default"  # the name that loads the packaged all-MiniLM-L6-v2
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks: the checksum saved folders record."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def package_versions(packages: Iterable[str]) -> dict[str, str]:

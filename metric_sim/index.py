@@ -33,7 +33,6 @@ Design choices
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -50,7 +49,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from metric_sim._io import atomic_dir, atomic_file, read_json, write_json_atomic
+from metric_sim._io import atomic_dir, atomic_file, read_json, sha256_file, write_json_atomic
 from metric_sim._validation import (
     require_matrix,
     require_positive_int,
@@ -323,14 +322,6 @@ def _write_tsv_atomic(
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _model_location(model: SimilarityModel) -> str | None:
@@ -1011,7 +1002,7 @@ class NeighborIndex:
                 "files": {
                     name: {
                         "size": (staging / name).stat().st_size,
-                        "sha256": _sha256(staging / name),
+                        "sha256": sha256_file(staging / name),
                     }
                     for name in (INDEX_FILE, STORE_FILE)
                 },
@@ -1083,7 +1074,7 @@ class NeighborIndex:
                 raise IndexLoadError(
                     f"{path} has {size} bytes, expected {expected.get('size')}: the file is truncated or was replaced"
                 )
-            if _sha256(path) != expected.get("sha256"):
+            if sha256_file(path) != expected.get("sha256"):
                 raise IndexLoadError(
                     f"{path} does not match the checksum in {METADATA_FILE}: the file is corrupted or was modified"
                 )

@@ -52,11 +52,10 @@ from typing import Any
 import numpy as np
 
 from metric_sim import distributed
-from metric_sim._io import atomic_file, read_json, write_json_atomic
+from metric_sim._io import atomic_file, read_json, sha256_file, write_json_atomic
 from metric_sim._validation import require_positive_int, require_texts
 from metric_sim.calibration import SimilarityModel
 from metric_sim.index import NeighborIndex, check_save_target
-from metric_sim.index import _sha256 as _sha256_file  # the checksum index folders use too
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +221,7 @@ def _shard_is_complete(work_dir: Path, plan: ShardPlan, shard: int) -> bool:
     if not array_path.is_file() or array_path.stat().st_size != manifest.get("size"):
         logger.warning("shard %d: %s is missing or truncated: encoding it again", shard, array_path.name)
         return False
-    if _sha256_file(array_path) != manifest.get("sha256"):
+    if sha256_file(array_path) != manifest.get("sha256"):
         logger.warning("shard %d: %s does not match its checksum: encoding it again", shard, array_path.name)
         return False
     return True
@@ -236,7 +235,7 @@ def _write_shard(work_dir: Path, plan: ShardPlan, shard: int, embeddings: np.nda
         **_shard_manifest(plan, shard),
         "file": array_path.name,
         "size": array_path.stat().st_size,
-        "sha256": _sha256_file(array_path),
+        "sha256": sha256_file(array_path),
         "seconds": round(seconds, 3),
         "rank": distributed.rank(),
         "host": platform.node(),

@@ -451,9 +451,9 @@ def test_store_that_disagrees_with_the_vectors_is_refused(saved_index):
         connection.execute("UPDATE items SET key = 99 WHERE key = 0")
     connection.close()
     meta = json.loads((folder / "metadata.json").read_text())
-    from metric_sim.index import _sha256
+    from metric_sim._io import sha256_file
 
-    meta["files"]["store.sqlite"] = {"size": (folder / "store.sqlite").stat().st_size, "sha256": _sha256(folder / "store.sqlite")}
+    meta["files"]["store.sqlite"] = {"size": (folder / "store.sqlite").stat().st_size, "sha256": sha256_file(folder / "store.sqlite")}
     (folder / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(IndexLoadError, match="do not match the vectors"):
         NeighborIndex.load(folder, model=model)
