@@ -95,6 +95,14 @@ def tiny_encoder(tiny_encoder_session):
     return copy.deepcopy(tiny_encoder_session)
 
 
+@pytest.fixture(scope="module")
+def demo():
+    """The bundled demo pairs (372 pairs over 313 questions), loaded once per test module."""
+    from metric_sim.data import load_pairs
+
+    return load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
     # Tests share 2 cores; more threads only add contention on tiny models.

@@ -55,11 +55,6 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate")
-
-
-@pytest.fixture(scope="module")
 def demo_texts(demo):
     return list(dict.fromkeys(demo.texts_a + demo.texts_b))
 

@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from metric_sim.calibration import SimilarityModel
-from metric_sim.data import load_pairs
 from metric_sim.encoder import Encoder
 from metric_sim.losses import build_loss
 from metric_sim.training import (
@@ -41,11 +40,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate")
 
 
 @pytest.fixture(scope="module")
