@@ -86,9 +86,9 @@ __all__ = [
     "TrainingError",
     "fine_tune_demo",
     "load_training_data",
-    "pair_metrics",
     "parse_overrides",
     "prepare_pairs",
+    "ranking_metrics",
     "train",
 ]
 
@@ -574,7 +574,7 @@ class ClusterPairSampler(_EpochSampler):
 # --------------------------------------------------------------------------- metrics
 
 
-def pair_metrics(distances: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def ranking_metrics(distances: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Average precision and ROC-AUC of ranking by ``-distance``, plus the typical distances."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -634,7 +634,7 @@ class _DevEvaluator:
         distances = self.distances(self.embed(model))
         if step is not None:
             self.history[step] = distances
-        return pair_metrics(distances, self.labels)
+        return ranking_metrics(distances, self.labels)
 
     def distances_in_input_order(self, step: int) -> np.ndarray | None:
         """Dev distances measured at ``step`` (pairs in dev order), if that step was evaluated in this process."""
@@ -1236,7 +1236,7 @@ def _finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel,
         calibration = {"calibration_error": str(exc)}
     similarity.save(run_dir / MODEL_DIR, extra={"training": {"loss": config.loss, "loss_params": metric_loss.params,
                                                              "steps": trainer.state.global_step}})
-    dev_metrics = {**pair_metrics(distances, dev_labels),
+    dev_metrics = {**ranking_metrics(distances, dev_labels),
                    **calibration,
                    "best_checkpoint": trainer.state.best_model_checkpoint,
                    "best_step_average_precision": trainer.state.best_metric}
