@@ -18,82 +18,98 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from metric_sim.version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "CalibrationError": "metric_sim.calibration",
     "Calibrator": "metric_sim.calibration",
-    "PairEmbeddings": "metric_sim.calibration",
-    "SimilarityModel": "metric_sim.calibration",
-    "resolve_model_dir": "metric_sim.calibration",
-    "Corpus": "metric_sim.data",
-    "DataError": "metric_sim.data",
-    "LoadReport": "metric_sim.data",
-    "PairDataset": "metric_sim.data",
-    "UnionFind": "metric_sim.data",
-    "default_data_dir": "metric_sim.data",
-    "list_presets": "metric_sim.data",
-    "load_corpus": "metric_sim.data",
-    "load_pairs": "metric_sim.data",
-    "load_preset": "metric_sim.data",
-    "text_id": "metric_sim.data",
+    "UnionFind": "metric_sim.clusters",
+    "Corpus": "metric_sim.data.corpus",
+    "load_corpus": "metric_sim.data.corpus",
+    "load_pairs": "metric_sim.data.loader",
+    "PairDataset": "metric_sim.data.pairs",
+    "default_data_dir": "metric_sim.data.presets",
+    "list_presets": "metric_sim.data.presets",
+    "load_preset": "metric_sim.data.presets",
+    "LoadReport": "metric_sim.data.report",
     "Metric": "metric_sim.distances",
     "all_pairs_distances_numpy": "metric_sim.distances",
     "paired_distances_numpy": "metric_sim.distances",
     "paired_distances_torch": "metric_sim.distances",
     "pml_distance": "metric_sim.distances",
-    "Encoder": "metric_sim.encoder",
-    "EncoderLoadError": "metric_sim.encoder",
-    "default_model_path": "metric_sim.encoder",
+    "ItemEncoder": "metric_sim.encoders.base",
+    "TrainableEncoder": "metric_sim.encoders.base",
+    "OnnxEncoder": "metric_sim.encoders.onnx",
+    "list_encoders": "metric_sim.encoders.registry",
+    "load_encoder": "metric_sim.encoders.registry",
+    "register_encoder": "metric_sim.encoders.registry",
+    "Encoder": "metric_sim.encoders.text",
+    "CalibrationError": "metric_sim.errors",
+    "ConfigError": "metric_sim.errors",
+    "DataError": "metric_sim.errors",
+    "EncoderLoadError": "metric_sim.errors",
+    "ExportError": "metric_sim.errors",
+    "IndexConfigError": "metric_sim.errors",
+    "IndexLoadError": "metric_sim.errors",
+    "InvalidArgumentError": "metric_sim.errors",
+    "InvalidArgumentTypeError": "metric_sim.errors",
+    "MetricSimError": "metric_sim.errors",
+    "MissingFileError": "metric_sim.errors",
+    "OnnxModelError": "metric_sim.errors",
+    "ShardError": "metric_sim.errors",
+    "TargetExistsError": "metric_sim.errors",
+    "TrainingError": "metric_sim.errors",
+    "UsageError": "metric_sim.errors",
     "Evaluation": "metric_sim.evaluation",
-    "calibration_metrics": "metric_sim.evaluation",
     "evaluate": "metric_sim.evaluation",
     "evaluate_and_report": "metric_sim.evaluation",
     "example_pair_lines": "metric_sim.evaluation",
-    "expected_calibration_error": "metric_sim.evaluation",
-    "in_sample_thresholds": "metric_sim.evaluation",
-    "pair_metrics": "metric_sim.evaluation",
-    "retrieval_metrics": "metric_sim.evaluation",
-    "symmetry_gap": "metric_sim.evaluation",
     "write_report": "metric_sim.evaluation",
-    "ExportError": "metric_sim.export",
     "export_model": "metric_sim.export",
     "DedupeResult": "metric_sim.index",
     "DuplicatePair": "metric_sim.index",
-    "IndexConfigError": "metric_sim.index",
-    "IndexLoadError": "metric_sim.index",
     "NeighborIndex": "metric_sim.index",
     "SearchResult": "metric_sim.index",
     "demo_neighbors": "metric_sim.index",
     "format_results": "metric_sim.index",
-    "CrossRankLoss": "metric_sim.losses",
-    "LossResult": "metric_sim.losses",
-    "MetricLoss": "metric_sim.losses",
-    "build_loss": "metric_sim.losses",
-    "default_loss_params": "metric_sim.losses",
-    "list_losses": "metric_sim.losses",
-    "OnnxEncoder": "metric_sim.onnx_backend",
-    "OnnxModelError": "metric_sim.onnx_backend",
-    "ShardError": "metric_sim.sharded",
-    "ShardedBuild": "metric_sim.sharded",
-    "ShardedEncoding": "metric_sim.sharded",
-    "build_index_sharded": "metric_sim.sharded",
-    "encode_sharded": "metric_sim.sharded",
-    "DemoResult": "metric_sim.training",
-    "TrainConfig": "metric_sim.training",
-    "TrainResult": "metric_sim.training",
-    "TrainingError": "metric_sim.training",
-    "fine_tune_demo": "metric_sim.training",
-    "train": "metric_sim.training",
+    "ShardedBuild": "metric_sim.index.sharded",
+    "ShardedEncoding": "metric_sim.index.sharded",
+    "build_index_sharded": "metric_sim.index.sharded",
+    "encode_sharded": "metric_sim.index.sharded",
+    "describe_item": "metric_sim.items",
+    "item_id": "metric_sim.items",
+    "text_id": "metric_sim.items",
+    "default_model_path": "metric_sim.layout",
+    "demo_pairs_path": "metric_sim.layout",
+    "resolve_model_dir": "metric_sim.layout",
+    "resolve_model_source": "metric_sim.layout",
+    "CrossRankLoss": "metric_sim.losses.cross_rank",
+    "LossResult": "metric_sim.losses.loss",
+    "MetricLoss": "metric_sim.losses.loss",
+    "build_loss": "metric_sim.losses.loss",
+    "default_loss_params": "metric_sim.losses.registry",
+    "list_losses": "metric_sim.losses.registry",
+    "calibration_metrics": "metric_sim.metrics",
+    "expected_calibration_error": "metric_sim.metrics",
+    "in_sample_thresholds": "metric_sim.metrics",
+    "pair_metrics": "metric_sim.metrics",
+    "retrieval_metrics": "metric_sim.metrics",
+    "symmetry_gap": "metric_sim.metrics",
+    "PairEmbeddings": "metric_sim.model",
+    "SimilarityModel": "metric_sim.model",
+    "TrainConfig": "metric_sim.training.config",
+    "DemoResult": "metric_sim.training.demo",
+    "fine_tune_demo": "metric_sim.training.demo",
+    "TrainResult": "metric_sim.training.run",
+    "train": "metric_sim.training.run",
 }
 
 __all__ = [
     "CalibrationError",
     "Calibrator",
+    "ConfigError",
     "Corpus",
     "CrossRankLoss",
     "DataError",
@@ -106,10 +122,15 @@ __all__ = [
     "ExportError",
     "IndexConfigError",
     "IndexLoadError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "ItemEncoder",
     "LoadReport",
     "LossResult",
     "Metric",
     "MetricLoss",
+    "MetricSimError",
+    "MissingFileError",
     "NeighborIndex",
     "OnnxEncoder",
     "OnnxModelError",
@@ -120,10 +141,13 @@ __all__ = [
     "ShardedBuild",
     "ShardedEncoding",
     "SimilarityModel",
+    "TargetExistsError",
     "TrainConfig",
     "TrainResult",
+    "TrainableEncoder",
     "TrainingError",
     "UnionFind",
+    "UsageError",
     "__version__",
     "all_pairs_distances_numpy",
     "build_index_sharded",
@@ -134,6 +158,7 @@ __all__ = [
     "default_model_path",
     "demo_neighbors",
     "demo_pairs_path",
+    "describe_item",
     "encode_sharded",
     "evaluate",
     "evaluate_and_report",
@@ -143,16 +168,21 @@ __all__ = [
     "fine_tune_demo",
     "format_results",
     "in_sample_thresholds",
+    "item_id",
+    "list_encoders",
     "list_losses",
     "list_presets",
     "load_corpus",
+    "load_encoder",
     "load_pairs",
     "load_preset",
     "pair_metrics",
     "paired_distances_numpy",
     "paired_distances_torch",
     "pml_distance",
+    "register_encoder",
     "resolve_model_dir",
+    "resolve_model_source",
     "retrieval_metrics",
     "symmetry_gap",
     "text_id",
@@ -162,24 +192,28 @@ __all__ = [
 
 if TYPE_CHECKING:
     from metric_sim.calibration import (
-        CalibrationError,
         Calibrator,
-        PairEmbeddings,
-        SimilarityModel,
-        resolve_model_dir,
     )
-    from metric_sim.data import (
-        Corpus,
-        DataError,
-        LoadReport,
-        PairDataset,
+    from metric_sim.clusters import (
         UnionFind,
+    )
+    from metric_sim.data.corpus import (
+        Corpus,
+        load_corpus,
+    )
+    from metric_sim.data.loader import (
+        load_pairs,
+    )
+    from metric_sim.data.pairs import (
+        PairDataset,
+    )
+    from metric_sim.data.presets import (
         default_data_dir,
         list_presets,
-        load_corpus,
-        load_pairs,
         load_preset,
-        text_id,
+    )
+    from metric_sim.data.report import (
+        LoadReport,
     )
     from metric_sim.distances import (
         Metric,
@@ -188,63 +222,107 @@ if TYPE_CHECKING:
         paired_distances_torch,
         pml_distance,
     )
-    from metric_sim.encoder import (
+    from metric_sim.encoders.base import (
+        ItemEncoder,
+        TrainableEncoder,
+    )
+    from metric_sim.encoders.onnx import (
+        OnnxEncoder,
+    )
+    from metric_sim.encoders.registry import (
+        list_encoders,
+        load_encoder,
+        register_encoder,
+    )
+    from metric_sim.encoders.text import (
         Encoder,
+    )
+    from metric_sim.errors import (
+        CalibrationError,
+        ConfigError,
+        DataError,
         EncoderLoadError,
-        default_model_path,
+        ExportError,
+        IndexConfigError,
+        IndexLoadError,
+        InvalidArgumentError,
+        InvalidArgumentTypeError,
+        MetricSimError,
+        MissingFileError,
+        OnnxModelError,
+        ShardError,
+        TargetExistsError,
+        TrainingError,
+        UsageError,
     )
     from metric_sim.evaluation import (
         Evaluation,
-        calibration_metrics,
         evaluate,
         evaluate_and_report,
         example_pair_lines,
-        expected_calibration_error,
-        in_sample_thresholds,
-        pair_metrics,
-        retrieval_metrics,
-        symmetry_gap,
         write_report,
     )
     from metric_sim.export import (
-        ExportError,
         export_model,
     )
     from metric_sim.index import (
         DedupeResult,
         DuplicatePair,
-        IndexConfigError,
-        IndexLoadError,
         NeighborIndex,
         SearchResult,
         demo_neighbors,
         format_results,
     )
-    from metric_sim.losses import (
-        CrossRankLoss,
-        LossResult,
-        MetricLoss,
-        build_loss,
-        default_loss_params,
-        list_losses,
-    )
-    from metric_sim.onnx_backend import (
-        OnnxEncoder,
-        OnnxModelError,
-    )
-    from metric_sim.sharded import (
+    from metric_sim.index.sharded import (
         ShardedBuild,
         ShardedEncoding,
-        ShardError,
         build_index_sharded,
         encode_sharded,
     )
-    from metric_sim.training import (
-        DemoResult,
+    from metric_sim.items import (
+        describe_item,
+        item_id,
+        text_id,
+    )
+    from metric_sim.layout import (
+        default_model_path,
+        demo_pairs_path,
+        resolve_model_dir,
+        resolve_model_source,
+    )
+    from metric_sim.losses.cross_rank import (
+        CrossRankLoss,
+    )
+    from metric_sim.losses.loss import (
+        LossResult,
+        MetricLoss,
+        build_loss,
+    )
+    from metric_sim.losses.registry import (
+        default_loss_params,
+        list_losses,
+    )
+    from metric_sim.metrics import (
+        calibration_metrics,
+        expected_calibration_error,
+        in_sample_thresholds,
+        pair_metrics,
+        retrieval_metrics,
+        symmetry_gap,
+    )
+    from metric_sim.model import (
+        PairEmbeddings,
+        SimilarityModel,
+    )
+    from metric_sim.training.config import (
         TrainConfig,
-        TrainingError,
-        TrainResult,
+    )
+    from metric_sim.training.demo import (
+        DemoResult,
         fine_tune_demo,
+    )
+    from metric_sim.training.run import (
+        TrainResult,
         train,
     )
 
@@ -261,7 +339,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
-
-def demo_pairs_path() -> Path:
-    """Path of the bundled illustrative demo set (written for this project)."""
-    return Path(__file__).resolve().parent / "demo_data" / "demo_pairs.tsv"

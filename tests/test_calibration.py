@@ -7,6 +7,8 @@ import pytest
 
 from metric_sim.calibration import CalibrationError, Calibrator, SimilarityModel
 from metric_sim.distances import Metric
+from metric_sim.encoders import ItemEncoder
+from metric_sim.validation import require_texts
 
 
 def _separable(seed=0, n=400):
@@ -173,12 +175,34 @@ def test_uncalibrated_model_says_how_to_calibrate(tiny_encoder):
         SimilarityModel(tiny_encoder, "euclidean", Calibrator(weight=-1.0, bias=1.0, metric="manhattan"))
 
 
-class _OrderSensitiveEncoder:
+class _OrderSensitiveEncoder(ItemEncoder):
     """Stand-in whose embedding of a text depends on where it sits in the call, like a
     real model whose padding and BLAS blocking change the last bits with the batch."""
 
+    kind = "order-sensitive-test"
+    embedding_dim = 4
+
     def __init__(self):
         self.calls = []
+
+    def check_items(self, items, name="items"):
+        return require_texts(name, items)
+
+    def item_sizes(self, items):
+        return np.zeros(len(items), dtype=np.int64)
+
+    def fingerprint(self):
+        return "order-sensitive"
+
+    def config_dict(self):
+        return {}
+
+    def save(self, directory, extra=None):
+        raise NotImplementedError
+
+    @classmethod
+    def from_source(cls, source, settings, **kwargs):
+        raise NotImplementedError
 
     def encode(self, texts, *, batch_size=64, show_progress=False):
         self.calls.append(list(texts))

@@ -64,7 +64,9 @@ def test_save_load_round_trip_is_exact(tiny_encoder, tmp_path):
     before = tiny_encoder.encode(TEXTS)
     folder = tiny_encoder.save(tmp_path / "enc")
     assert (folder / "model.safetensors").is_file()
-    assert json.loads((folder / CONFIG_FILE).read_text())["encoder"] == {"pooling": "max", "normalize": False, "max_length": 32}
+    saved = json.loads((folder / CONFIG_FILE).read_text())["encoder"]
+    # the settings, plus the kind the encoder registry loads the folder with
+    assert saved == {"pooling": "max", "normalize": False, "max_length": 32, "kind": "transformers"}
     loaded = Encoder.from_pretrained(folder)
     assert loaded.pooling == "max" and loaded.max_length == 32
     np.testing.assert_array_equal(loaded.encode(TEXTS), before)

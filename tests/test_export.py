@@ -117,7 +117,7 @@ def test_layout_files_and_metadata(exported):
     assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 32
     assert json.loads((out / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "manhattan"
     meta = json.loads((out / "metric_sim.json").read_text())
-    assert meta["encoder"] == {"pooling": "mean", "normalize": True, "max_length": 32}
+    assert meta["encoder"] == {"kind": "transformers", "pooling": "mean", "normalize": True, "max_length": 32}
     assert meta["metric"] == "manhattan"
     assert {"metric_sim", "torch", "transformers", "pytorch_metric_learning", "onnxruntime"} <= set(meta["versions"])
     assert meta["versions"]["torch"] == version("torch") and meta["versions"]["transformers"] == version("transformers")
@@ -331,7 +331,7 @@ def test_refuses_existing_folder_and_overwrites_when_asked(exported, tmp_path):
 
 
 def test_failure_leaves_nothing_behind(exported, tmp_path, monkeypatch):
-    import metric_sim.export as export_module
+    import metric_sim.export.onnx as export_module  # write_onnx calls export_onnx from there
 
     def broken(*args, **kwargs):
         raise RuntimeError("exporter crashed")
@@ -343,7 +343,7 @@ def test_failure_leaves_nothing_behind(exported, tmp_path, monkeypatch):
 
 
 def test_onnx_mismatch_is_refused(exported, tmp_path, monkeypatch):
-    import metric_sim.export as export_module
+    import metric_sim.export.onnx as export_module  # write_onnx calls export_onnx from there
 
     real = export_module.export_onnx
 
@@ -356,6 +356,22 @@ def test_onnx_mismatch_is_refused(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "export_onnx", export_other_weights)
     with pytest.raises(ExportError, match="the ONNX graph differs from PyTorch"):
         export_model(exported["run"], tmp_path / "bundle", onnx=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_text_encoders_are_exported(exported, tmp_path, monkeypatch):
+    import metric_sim.export.bundle as bundle_module
+
+    onnx_model = SimilarityModel.from_pretrained(exported["out"], backend="onnx")
+
+    class LoadsTheOnnxModel:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            return onnx_model
+
+    monkeypatch.setattr(bundle_module, "SimilarityModel", LoadsTheOnnxModel)
+    with pytest.raises(ExportError, match="holds an encoder of kind 'onnx'; only text encoders of kind 'transformers'"):
+        export_model(exported["run"], tmp_path / "bundle")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -392,7 +408,7 @@ def test_public_api_is_lazy_and_complete():
     """Every public name resolves; importing the package and the calibrator does not import torch."""
     import metric_sim
 
-    assert sorted(metric_sim.__all__) == sorted([*metric_sim._EXPORTS, "__version__", "demo_pairs_path"])
+    assert sorted(metric_sim.__all__) == sorted([*metric_sim._EXPORTS, "__version__"])
     for name in metric_sim.__all__:
         assert getattr(metric_sim, name) is not None, name
     script = (

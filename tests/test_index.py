@@ -451,7 +451,7 @@ def test_store_that_disagrees_with_the_vectors_is_refused(saved_index):
         connection.execute("UPDATE items SET key = 99 WHERE key = 0")
     connection.close()
     meta = json.loads((folder / "metadata.json").read_text())
-    from metric_sim._io import sha256_file
+    from metric_sim.storage import sha256_file
 
     meta["files"]["store.sqlite"] = {"size": (folder / "store.sqlite").stat().st_size, "sha256": sha256_file(folder / "store.sqlite")}
     (folder / "metadata.json").write_text(json.dumps(meta))

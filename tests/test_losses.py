@@ -220,11 +220,11 @@ def test_triplet_miners_respect_explicit_negatives(miner):
     idx_a, idx_b, labels = torch.tensor([0, 1, 0]), torch.tensor([1, 2, 2]), torch.tensor([1, 1, 0])
     result = loss(emb, idx_a, idx_b, labels, text_labels)
     assert result.tuples > 0 and result.loss.item() > 0
-    from metric_sim.losses import _restrict_to_masks
+    from metric_sim.losses.tuples import restrict_to_masks
 
     pos, neg = label_masks(text_labels, idx_a, idx_b, labels)
     same = text_labels[:, None] == text_labels[None, :]
-    a, p, n = _restrict_to_masks(loss.miner(emb, text_labels), pos, neg, same)
+    a, p, n = restrict_to_masks(loss.miner(emb, text_labels), pos, neg, same)
     for i, j, k in zip(a.tolist(), p.tolist(), n.tolist(), strict=True):
         assert pos[i, j] and neg[i, k]
     assert any(i == 0 and k == 2 for i, k in zip(a.tolist(), n.tolist(), strict=True))  # the conflict is a negative

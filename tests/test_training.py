@@ -23,12 +23,12 @@ from metric_sim.training import (
     PairCollator,
     TrainConfig,
     TrainingError,
-    _ZeroLossGuard,
     fine_tune_demo,
     parse_overrides,
     prepare_pairs,
     train,
 )
+from metric_sim.training.guards import ZeroLossGuard
 from tests.conftest import DATA_DIR, DEMO_FILE, REPO_ROOT, requires_data
 
 
@@ -124,6 +124,35 @@ def test_overrides_parse_and_merge(tmp_path):
     assert config.loss_params == {"pos_margin": 0.1, "neg_margin": 0.9} and config.learning_rate == 1e-4
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["learning_rate"])
+
+
+def test_bad_recipes_raise_config_errors_naming_the_file_and_the_override(tmp_path):
+    from metric_sim.errors import ConfigError, MissingFileError
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("train_file: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        TrainConfig.from_yaml(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=f"{path}: a config must be a YAML mapping"):
+        TrainConfig.from_yaml(path)
+    path.write_text(f"train_file: {DEMO_FILE}\nbatch_size: 0\n")
+    with pytest.raises(ConfigError, match=f"{path}: batch_size must be a positive integer, got 0"):
+        TrainConfig.from_yaml(path)
+    path.write_text(f"train_file: {DEMO_FILE}\n")
+    with pytest.raises(ConfigError, match=f"{path} with --set learning_rate=fast: learning_rate must be a number"):
+        TrainConfig.from_yaml(path, parse_overrides(["learning_rate=fast"]))
+    with pytest.raises(ConfigError, match="--set expects key=value, got 'learning_rate'"):
+        parse_overrides(["learning_rate"])
+    with pytest.raises(MissingFileError, match="config file not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_importing_the_config_loads_no_heavy_library():
+    code = ("import sys; from metric_sim.training import TrainConfig; "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
@@ -236,7 +265,7 @@ def test_zero_loss_guard_raises_before_training(tiny_encoder, demo, tmp_path):
 def test_zero_loss_guard_raises_when_an_epoch_had_no_tuple():
     from metric_sim.losses import LossResult
 
-    guard = _ZeroLossGuard("triplet")
+    guard = ZeroLossGuard("triplet")
     zero = LossResult(torch.tensor(0.0), tuples=0, mined=0)
     guard.record(LossResult(torch.tensor(1.0), tuples=3, mined=1))
     guard.record(zero)

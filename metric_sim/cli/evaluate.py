@@ -1,0 +1,145 @@
+"""``metric-sim evaluate`` (score a model, write the report) and ``metric-sim calibrate`` (fit and store the calibrator)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from metric_sim.cli.common import (
+    EXIT_OK,
+    Subparsers,
+    add_model_data_args,
+    load_pairs_from_args,
+    print_json,
+)
+from metric_sim.errors import CalibrationError, UsageError
+from metric_sim.layout import DEFAULT_MODEL, resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+
+def add_evaluate_parser(sub: Subparsers) -> None:
+    evaluate = sub.add_parser("evaluate", help="score a model on a split; write metrics.json, report.md and PNG figures")
+    add_model_data_args(evaluate)
+    evaluate.add_argument("--split", default=None, help="split to score, e.g. test (default: every pair of the file)")
+    evaluate.add_argument(
+        "--calibrate-on", default=None, metavar="SPLIT",
+        help="fit the calibrator on this split of the same data for the report (never the scored split); default: the model's stored calibrator",
+    )
+    evaluate.add_argument(
+        "--baseline", default=None, metavar="MODEL",
+        help="also evaluate this encoder beside the model, calibrated the same way (e.g. 'default': the packaged all-MiniLM-L6-v2)",
+    )
+    evaluate.add_argument("--report", required=True, metavar="DIR", help="folder for metrics.json, report.md and the figures")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from metric_sim.evaluation import evaluate_and_report
+    from metric_sim.model import SimilarityModel
+    from metric_sim.validation import require_positive_int
+
+    batch_size = require_positive_int("--batch-size", args.batch_size)
+    if args.calibrate_on is not None:
+        if args.split is None:
+            raise UsageError(f"--calibrate-on {args.calibrate_on!r} needs --split (the split to score), so that the two are disjoint")
+        if args.calibrate_on == args.split:
+            raise UsageError(f"--calibrate-on {args.calibrate_on!r} is the scored --split: fit the calibrator on another split (e.g. dev)")
+    # Data first: a bad file fails in a second, before any model is loaded.
+    pairs = load_pairs_from_args(args, args.data, split=args.split, split_file=args.split_file)
+    calibration_pairs = None
+    if args.calibrate_on is not None:
+        calibration_pairs = load_pairs_from_args(args, args.data, split=args.calibrate_on, split_file=args.split_file)
+    model = SimilarityModel.from_pretrained(args.model)
+    if model.calibrator is None and calibration_pairs is None:
+        raise CalibrationError(
+            f"{args.model} has no stored calibrator: pass --calibrate-on SPLIT (e.g. dev), "
+            f"or store one first with `metric-sim calibrate --model {args.model} --data ... --split dev`"
+        )
+    baseline = None
+    if args.baseline:
+        # Same metric and token budget as the model, so the comparison is like for like.
+        baseline = SimilarityModel.from_pretrained(args.baseline, metric=model.metric, max_length=model.encoder.max_length)
+    logger.info("scoring %d pairs%s", len(pairs), f" (split {args.split!r})" if args.split else "")
+    payload = evaluate_and_report(
+        model,
+        pairs,
+        args.report,
+        split=args.split or "all",
+        calibration_pairs=calibration_pairs,
+        calibration_split=args.calibrate_on,
+        baseline=baseline,
+        data={"preset": args.preset, "split_file": args.split_file},
+        batch_size=batch_size,
+        show_progress=True,
+    )
+    if args.json:
+        print_json(payload)
+        return EXIT_OK
+    names = list(payload["models"])
+    rows = [
+        ("average precision", lambda m: m["pairs"]["average_precision"]),
+        ("ROC-AUC", lambda m: m["pairs"]["roc_auc"]),
+        ("threshold tau", lambda m: m["pairs"]["threshold"]),
+        ("accuracy at tau", lambda m: m["pairs"]["accuracy"]),
+        ("F1 at tau", lambda m: m["pairs"]["f1"]),
+        ("accuracy, in-sample best", lambda m: m["pairs"]["in_sample"]["accuracy"]),
+        ("F1, in-sample best", lambda m: m["pairs"]["in_sample"]["f1"]),
+        ("ECE (15 bins)", lambda m: m["calibration"]["ece"]),
+        ("Brier", lambda m: m["calibration"]["brier"]),
+        ("recall@1", lambda m: m["retrieval"]["recall_at_1"]),
+        ("mAP@R", lambda m: m["retrieval"]["map_at_r"]),
+        ("max |p(a,b) - p(b,a)|", lambda m: m["symmetry"]["max_abs_difference"]),
+    ]
+    print(f"scored {payload['data']['pairs']:,} pairs ({payload['data']['positives']:,} similar) of {payload['data']['source']}, split {payload['data']['split']}")
+    print(f"{'':28s}" + "".join(f"{name[:22]:>24s}" for name in names))
+    for label, get in rows:
+        values = [get(payload["models"][name]) for name in names]
+        print(f"{label:28s}" + "".join(f"{'-' if v is None else format(v, '.4f'):>24s}" for v in values))
+    print(f"report: {Path(args.report) / 'report.md'}")
+    return EXIT_OK
+
+
+def add_calibrate_parser(sub: Subparsers) -> None:
+    calibrate = sub.add_parser("calibrate", help="fit the distance -> probability calibrator on a held-out split and store it in the model folder")
+    add_model_data_args(calibrate)
+    calibrate.add_argument("--split", default=None, help="held-out split to fit on, e.g. dev (default: every pair of the file)")
+    calibrate.add_argument("--feature", choices=("squared", "linear"), default="squared",
+                           help="logistic on d^2 (default; the logistic on cosine for unit vectors) or on d")
+    calibrate.set_defaults(handler=cmd_calibrate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from metric_sim.evaluation import describe_split
+    from metric_sim.model import SimilarityModel
+    from metric_sim.validation import require_positive_int
+
+    batch_size = require_positive_int("--batch-size", args.batch_size)
+    if args.model == DEFAULT_MODEL:
+        raise UsageError("calibrate stores the calibrator in a model folder; 'default' is the packaged encoder: save it to a folder first")
+    folder = resolve_model_dir(args.model)
+    pairs = load_pairs_from_args(args, args.data, split=args.split, split_file=args.split_file)
+    model = SimilarityModel.from_pretrained(folder)
+    previous = model.calibrator
+    calibrator = model.calibrate(pairs, fitted_on=describe_split(pairs, args.split), batch_size=batch_size, show_progress=True,
+                                 feature=args.feature)
+    written = model.save_calibrator(folder)
+    result = {
+        "model": str(folder),
+        "file": str(written),
+        "calibrator": calibrator.to_dict(),
+        "max_probability": float(calibrator.predict_proba([0.0])[0]),
+        "positives": int(pairs.labels.sum()),
+        "replaced": previous.to_dict() if previous else None,
+    }
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    print(f"fitted on {calibrator.fitted_on}: {result['positives']:,} similar pairs")
+    print(f"p(similar | d) = {calibrator.formula}   ({model.metric.value} distance)")
+    print(f"threshold tau = {calibrator.threshold:.4f}: similar when d <= tau;  p(d=0) = {result['max_probability']:.4f}")
+    if previous is not None:
+        print(f"replaced the previous calibrator (tau = {previous.threshold:.4f}, fitted on {previous.fitted_on})")
+    print(f"stored in {written}")
+    return EXIT_OK

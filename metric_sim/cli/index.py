@@ -1,0 +1,184 @@
+"""``metric-sim index build``, ``query`` and ``dedupe``: FAISS neighbour search over a corpus."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+from metric_sim.cli.common import EXIT_OK, Subparsers, load_similarity_model, print_json
+from metric_sim.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or RUN_DIR (RUN_DIR/model), or 'default'")
+    parser.add_argument("--corpus", required=True, help="texts: .txt (one per line) or .tsv/.csv/.jsonl/.parquet[.gz] with --text-column")
+    parser.add_argument("--text-column", default=None, help="column holding the texts (tables; default: text)")
+    parser.add_argument("--id-column", default=None, help="column holding unique ids (default: line number / row)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
+
+
+def _add_index_kind_args(parser: argparse.ArgumentParser, default_kind: str) -> None:
+    parser.add_argument(
+        "--kind",
+        default=default_kind,
+        help="flat (exact), hnsw, ivf, or a FAISS factory string such as HNSW32 or IVF256,Flat (default: %(default)s)",
+    )
+    parser.add_argument("--hnsw-m", dest="M", type=int, default=None, help="hnsw: links per node (default 32)")
+    parser.add_argument("--ef-construction", dest="efConstruction", type=int, default=None, help="hnsw: build-time beam (default 200)")
+    parser.add_argument("--ef-search", dest="efSearch", type=int, default=None, help="hnsw: search-time beam (default 64)")
+    parser.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default about 4*sqrt(n))")
+    parser.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched per query (default max(16, nlist/10))")
+
+
+def _index_params(args: argparse.Namespace) -> dict[str, int]:
+    return {name: getattr(args, name) for name in ("M", "efConstruction", "efSearch", "nlist", "nprobe") if getattr(args, name) is not None}
+
+
+def _build_corpus_index(args: argparse.Namespace) -> tuple[Any, Any]:
+    from metric_sim.data import load_corpus
+    from metric_sim.index import NeighborIndex
+
+    corpus = load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    model = load_similarity_model(args.model)
+    logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
+    index = NeighborIndex.build(
+        model, corpus.texts, corpus.ids, kind=args.kind, batch_size=args.batch_size, show_progress=True, **_index_params(args)
+    )
+    return corpus, index
+
+
+def add_index_parser(sub: Subparsers) -> None:
+    index = sub.add_parser("index", help="build a FAISS neighbour index over a corpus")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="encode a corpus and save a NeighborIndex folder")
+    _add_corpus_args(build)
+    _add_index_kind_args(build, "flat")
+    build.add_argument("--out", required=True, help="index folder to write (replaced atomically if it holds an index)")
+    # Sharded encoding: `torchrun --nproc_per_node N -m metric_sim index build ...` splits the work.
+    build.add_argument("--work-dir", default=None, metavar="DIR",
+                       help="per-shard embeddings, kept until the index is saved so a rerun resumes (default: OUT.shards)")
+    build.add_argument("--shard-size", type=int, default=None, metavar="N",
+                       help="texts per shard, rounded up to a multiple of --batch-size (default 8192)")
+    build.add_argument("--keep-shards", action="store_true", help="keep the work folder after the index is saved")
+    build.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    build.set_defaults(handler=cmd_index_build)
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from metric_sim.data import load_corpus
+    from metric_sim.index import check_save_target
+    from metric_sim.index.sharded import SHARD_SIZE, build_index_sharded
+    from metric_sim.validation import require_positive_int
+
+    started = time.perf_counter()
+    try:
+        check_save_target(args.out)  # before the slow encoding, not after it
+    except FileExistsError as exc:
+        raise UsageError(f"--out {args.out}: {exc}") from None
+    shard_size = require_positive_int("--shard-size", args.shard_size) if args.shard_size is not None else SHARD_SIZE
+    corpus = load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    model = load_similarity_model(args.model)
+    logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
+    # One code path with or without torchrun: each rank encodes its shards, rank 0 builds the index.
+    built = build_index_sharded(
+        model, corpus.texts, corpus.ids, args.out, kind=args.kind, work_dir=args.work_dir,
+        batch_size=require_positive_int("--batch-size", args.batch_size), shard_size=shard_size,
+        keep_shards=args.keep_shards, show_progress=True, **_index_params(args),
+    )
+    if built.index is None:  # torchrun rank > 0: rank 0 reports
+        return EXIT_OK
+    index, out, encoding = built.index, built.out_dir, built.encoding
+    summary = {
+        "out": str(out),
+        "items": len(index),
+        "kind": index.kind,
+        "params": index.params,
+        "metric": index.metric.value,
+        "dim": index.dim,
+        "calibrated": index.calibrator is not None,
+        "model_path": index.model_path,
+        "seconds": round(time.perf_counter() - started, 2),
+        "ranks": encoding.world_size,
+        "shards": encoding.plan.n_shards,
+        "shards_resumed": len(encoding.reused),
+        "work_dir": str(built.work_dir) if args.keep_shards else None,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"indexed {summary['items']:,} texts from {corpus.source} ({index.kind}, {index.metric.value}, dim {index.dim}) in {summary['seconds']} s")
+        print(f"wrote {out}")
+        if index.calibrator is None:
+            print("note: the model has no calibrator, so queries report distances but no probabilities")
+    return EXIT_OK
+
+
+def add_query_parser(sub: Subparsers) -> None:
+    query = sub.add_parser("query", help="nearest stored items of one or more query texts")
+    query.add_argument("index_dir", help="folder written by `metric-sim index build`")
+    query.add_argument("texts", nargs="+", help="query text(s)")
+    query.add_argument("-k", type=int, default=5, help="neighbours per query (default: %(default)s)")
+    limit = query.add_mutually_exclusive_group()
+    limit.add_argument("--min-prob", type=float, default=None, help="only neighbours with calibrated p(similar) >= P")
+    limit.add_argument("--max-distance", type=float, default=None, help="only neighbours at distance <= D")
+    query.add_argument("--model", default=None, help="model folder or RUN_DIR (default: the model recorded when the index was built)")
+    query.add_argument("--ef-search", dest="efSearch", type=int, default=None, help="hnsw: search-time beam")
+    query.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched per query")
+    query.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    query.set_defaults(handler=cmd_query)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from metric_sim.index import NeighborIndex, format_results
+
+    model = load_similarity_model(args.model) if args.model else None
+    index = NeighborIndex.load(args.index_dir, model=model)
+    if index.model is None:
+        raise UsageError(
+            f"the model this index was built with ({index.model_path or 'not recorded'}) cannot be found; pass --model DIR"
+        )
+    search_params = {name: getattr(args, name) for name in ("efSearch", "nprobe") if getattr(args, name) is not None}
+    if search_params:
+        index.set_search_params(**search_params)
+    results = index.search(args.texts, k=args.k, min_prob=args.min_prob, max_distance=args.max_distance)
+    if args.json:
+        print_json({"index": str(args.index_dir), "k": args.k, "min_prob": args.min_prob, "max_distance": args.max_distance, "results": [r.to_dict() for r in results]})
+    else:
+        print(format_results(results))
+    return EXIT_OK
+
+
+def add_dedupe_parser(sub: Subparsers) -> None:
+    dedupe = sub.add_parser("dedupe", help="find every duplicate pair and cluster inside a corpus")
+    _add_corpus_args(dedupe)
+    limit = dedupe.add_mutually_exclusive_group()
+    limit.add_argument("--min-prob", type=float, default=None, help="pairs with calibrated p(similar) >= P (default 0.5)")
+    limit.add_argument("--max-distance", type=float, default=None, help="pairs at distance <= D (no calibrator needed)")
+    _add_index_kind_args(dedupe, "flat")
+    dedupe.add_argument("--out", required=True, help="clusters TSV to write: cluster, id, text (clusters of 2+ items)")
+    dedupe.add_argument("--pairs-out", default=None, help="also write every pair: id_a, id_b, distance, probability, texts")
+    dedupe.add_argument("--json", action="store_true", help="print machine-readable JSON (summary and clusters)")
+    dedupe.set_defaults(handler=cmd_dedupe)
+
+
+def cmd_dedupe(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    _, index = _build_corpus_index(args)
+    min_prob = args.min_prob if args.min_prob is not None or args.max_distance is not None else 0.5
+    result = index.dedupe(min_prob, max_distance=args.max_distance, show_progress=True)
+    out = result.write_tsv(args.out)
+    summary = {**result.to_dict(), "out": str(out), "seconds": round(time.perf_counter() - started, 2)}
+    if args.pairs_out:
+        summary["pairs_out"] = str(result.write_pairs_tsv(args.pairs_out))
+    if args.json:
+        print_json({**summary, "cluster_members": result.clusters})
+    else:
+        limit = f"p >= {min_prob}" if args.max_distance is None else f"distance <= {args.max_distance}"
+        print(f"{summary['items']:,} texts: {summary['pairs']:,} pairs with {limit} (radius {result.max_distance:.4g}), "
+              f"{summary['clusters']:,} clusters covering {summary['items_in_clusters']:,} texts (largest {summary['largest_cluster']})")
+        print(f"wrote {out}" + (f" and {summary['pairs_out']}" if args.pairs_out else "") + f" in {summary['seconds']} s")
+    return EXIT_OK

@@ -1,0 +1,184 @@
+"""An index folder on disk: writing it atomically and refusing any folder that is damaged.
+
+``index.faiss`` (the vectors), ``store.sqlite`` (keys, ids, descriptions; never pickle)
+and ``metadata.json`` (dim, metric, kind, params, encoder fingerprint, calibrator, count,
+versions, size + sha256 of both data files) are written into a temporary folder that is
+renamed into place. Loading checks all of it and refuses on any mismatch, naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metric_sim.distances import faiss_metric
+from metric_sim.errors import IndexLoadError, MissingFileError, TargetExistsError
+from metric_sim.index.store import ItemStore
+from metric_sim.index.vectors import FaissVectors, faiss_class_of_kind, stored_keys
+from metric_sim.layout import INDEX_FILE, METADATA_FILE, STORE_FILE
+from metric_sim.storage import (
+    atomic_dir,
+    package_versions,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "check_save_target",
+    "check_store_matches",
+    "library_versions",
+    "read_faiss_index",
+    "read_metadata",
+    "write_index_folder",
+]
+
+FORMAT_VERSION = 1  # of metadata.json
+_REQUIRED_KEYS = ("kind", "params", "metric", "dim", "count", "next_key", "files")
+_DATA_FILES = (INDEX_FILE, STORE_FILE)
+
+
+def check_save_target(directory: str | os.PathLike[str]) -> Path:
+    """The resolved folder ``save`` may write: absent, empty, or a saved index (then replaced).
+
+    Anything else raises ``TargetExistsError`` (a ``FileExistsError``), so a typo can never wipe a folder of other files.
+    """
+    target = Path(directory).expanduser().resolve()
+    if target.exists() and (
+        not target.is_dir() or (any(target.iterdir()) and not (target / METADATA_FILE).is_file())
+    ):
+        raise TargetExistsError(
+            f"{target} exists and is not a saved NeighborIndex; refusing to overwrite it"
+        )
+    return target
+
+
+def library_versions() -> dict[str, str]:
+    """The versions ``metadata.json`` records (keys: faiss, metric_sim, numpy, python)."""
+    import faiss
+
+    found = package_versions(("metric-sim", "numpy"))
+    return {
+        "metric_sim": found["metric-sim"],
+        # The module's own version: the distribution is faiss-cpu, faiss-gpu or a conda build.
+        "faiss": faiss.__version__,
+        "numpy": found["numpy"],
+        "python": sys.version.split()[0],
+    }
+
+
+def write_index_folder(
+    directory: str | os.PathLike[str], vectors: FaissVectors, store: ItemStore, provenance: dict[str, Any]
+) -> Path:
+    """Write the three files atomically into ``directory`` (see :func:`check_save_target`).
+
+    ``provenance`` holds ``encoder_fingerprint``, ``model_path`` and ``calibrator``.
+    """
+    import faiss
+
+    target = check_save_target(directory)
+    with atomic_dir(target) as staging:
+        faiss.write_index(vectors.index, str(staging / INDEX_FILE))
+        store.write_sqlite(staging / STORE_FILE)
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "kind": vectors.kind,
+            "params": vectors.params,
+            "metric": vectors.metric.value,
+            "dim": vectors.dim,
+            "count": len(store),
+            "next_key": store.next_key,
+            "max_sq_norm": vectors.max_sq_norm,
+            **provenance,
+            "files": {
+                name: {"size": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
+                for name in _DATA_FILES
+            },
+            "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_json_atomic(staging / METADATA_FILE, metadata)
+    return target
+
+
+def read_metadata(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """(folder, its metadata) once the metadata is whole and both data files match their checksums."""
+    folder = Path(directory).expanduser()
+    if not folder.is_dir():
+        raise MissingFileError(f"index folder not found: {folder}")
+    meta_file = folder / METADATA_FILE
+    if not meta_file.is_file():
+        raise IndexLoadError(f"{folder} is not a saved NeighborIndex: {METADATA_FILE} is missing")
+    try:
+        meta = read_json(meta_file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexLoadError(f"{meta_file} is not valid JSON ({exc}); the index folder is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+        raise IndexLoadError(f"{meta_file}: format_version must be {FORMAT_VERSION}, got {got!r}")
+    missing = [key for key in _REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise IndexLoadError(f"{meta_file} is missing {missing}; the index folder is damaged")
+    for name in _DATA_FILES:
+        path = folder / name
+        expected = meta["files"].get(name, {})
+        if not path.is_file():
+            raise IndexLoadError(f"{path} is missing; the index folder is incomplete")
+        size = path.stat().st_size
+        if size != expected.get("size"):
+            raise IndexLoadError(
+                f"{path} has {size} bytes, expected {expected.get('size')}: the file is truncated or was replaced"
+            )
+        if sha256_file(path) != expected.get("sha256"):
+            raise IndexLoadError(
+                f"{path} does not match the checksum in {METADATA_FILE}: the file is corrupted or was modified"
+            )
+    return folder, meta
+
+
+def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) -> Any:
+    """The FAISS index of ``folder``, once it agrees with the metadata ``vectors`` was made from."""
+    import faiss
+
+    where = folder / INDEX_FILE
+    try:
+        loaded = faiss.read_index(str(where))
+    except RuntimeError as exc:
+        raise IndexLoadError(f"FAISS cannot read {where}: {str(exc).splitlines()[0]}") from None
+    if loaded.d != vectors.dim:
+        raise IndexLoadError(
+            f"{where} holds dimension {loaded.d}, but {METADATA_FILE} says {vectors.dim}: the dimension changed"
+        )
+    expected_metric = faiss_metric(vectors.metric)
+    if loaded.metric_type != expected_metric:
+        raise IndexLoadError(
+            f"{where} uses FAISS metric {loaded.metric_type}, but {METADATA_FILE} says {vectors.metric.value!r} (FAISS metric {expected_metric})"
+        )
+    if loaded.ntotal != int(meta["count"]):
+        raise IndexLoadError(f"{where} holds {loaded.ntotal} vectors, but {METADATA_FILE} says {meta['count']}")
+    inner = faiss.downcast_index(loaded.index) if isinstance(loaded, faiss.IndexIDMap2) else loaded
+    if not isinstance(inner, faiss_class_of_kind(vectors.kind)):
+        raise IndexLoadError(
+            f"{where} holds a {type(inner).__name__}, but {METADATA_FILE} says kind {vectors.kind!r}"
+        )
+    if vectors.kind == "ivf" and loaded.nlist != vectors.params.get("nlist"):
+        raise IndexLoadError(
+            f"{where} has nlist={loaded.nlist}, but {METADATA_FILE} says {vectors.params.get('nlist')}"
+        )
+    return loaded
+
+
+def check_store_matches(store: ItemStore, index: Any, path: Path) -> None:
+    """Refuse a store whose keys are not exactly the keys of the FAISS index."""
+    keys = store.keys()
+    if keys.size and (
+        keys.max() >= store.next_key or not np.array_equal(np.sort(stored_keys(index)), np.sort(keys))
+    ):
+        raise IndexLoadError(f"the ids in {path} do not match the vectors in {INDEX_FILE}")

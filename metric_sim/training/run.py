@@ -1,0 +1,383 @@
+"""``train``: one fine-tuning run, from config to run folder, as a sequence of named steps.
+
+A run folder (``train(config, out_dir=RUN_DIR)``)::
+
+    RUN_DIR/train_config.json   resolved TrainConfig + "run" section
+    RUN_DIR/model/              final SimilarityModel (calibrator fitted on dev)
+    RUN_DIR/metrics.json        {"dev": {...}, "zero_shot_dev": {...}}
+    RUN_DIR/checkpoints/        transformers.Trainer checkpoints
+
+The encoder is any :class:`~metric_sim.encoders.base.TrainableEncoder`: the run uses
+only the contract (``collate``, ``forward``, ``item_sizes``, ``encode``,
+``base_encoder``, ``projection``, ``normalize``). Under torchrun every rank runs these
+steps; rank 0 alone scores dev, calibrates and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from metric_sim.calibration import Calibrator
+from metric_sim.data import PairDataset
+from metric_sim.distances import Metric
+from metric_sim.distributed import broadcast_object, is_main_process, quiet_replicas
+from metric_sim.encoders.base import TrainableEncoder
+from metric_sim.encoders.registry import load_encoder
+from metric_sim.errors import CalibrationError, TrainingError
+from metric_sim.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, TRAIN_CONFIG_FILE
+from metric_sim.losses.loss import MetricLoss, build_loss
+from metric_sim.metrics import ranking_metrics
+from metric_sim.model import SimilarityModel
+from metric_sim.storage import package_versions, write_json_atomic
+from metric_sim.training.batches import PairCollator, PairRows, PreparedPairs, prepare_pairs
+from metric_sim.training.config import TrainConfig
+from metric_sim.training.data import load_training_data
+from metric_sim.training.dev import DevEvaluator, calibrated_metrics
+from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
+from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
+from metric_sim.training.resume import checkpoint_step, start_or_resume
+from metric_sim.training.samplers import (
+    ClusterPairSampler,
+    LengthGroupedPairSampler,
+    RandomPairSampler,
+)
+from metric_sim.training.trainer import MetricTrainer, ProgressAndLog, training_arguments
+
+__all__ = ["TrainResult", "finish_run", "starting_encoder", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns; the same figures are in ``RUN_DIR/metrics.json``."""
+
+    model: SimilarityModel
+    run_dir: Path
+    metrics: dict[str, Any]
+    steps: int
+    wall_time_s: float
+
+
+@dataclass
+class _BatchPlan:
+    """How the pairs are ordered into batches, and how many optimiser steps that makes."""
+
+    sampler: str
+    make_sampler: Callable[[], Sampler[int]]
+    steps_per_epoch: int
+    planned_steps: int
+
+
+def train(
+    config: TrainConfig | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    encoder: TrainableEncoder | None = None,
+    train_data: PairDataset | None = None,
+    dev_data: PairDataset | None = None,
+    show_progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
+    """Fine-tune per ``config`` and write the run folder ``out_dir`` (see the module docstring).
+
+    ``resume=True`` continues from the last checkpoint in ``out_dir/checkpoints`` with
+    the saved config (``config`` may be None, or must equal it). ``encoder`` (any
+    :class:`~metric_sim.encoders.base.TrainableEncoder`), ``train_data`` and ``dev_data``
+    replace what the config would load (tests, notebooks).
+
+    Under ``torchrun`` every rank calls this with the same arguments; ``batch_size`` is
+    per rank. Rank 0 writes the run folder; every rank returns the same result.
+    """
+    with quiet_replicas():  # one rank logs for the job
+        return _train(config, out_dir, resume=resume, encoder=encoder, train_data=train_data, dev_data=dev_data,
+                      show_progress=show_progress, callbacks=callbacks)
+
+
+def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resume: bool,
+           encoder: TrainableEncoder | None, train_data: PairDataset | None, dev_data: PairDataset | None,
+           show_progress: bool, callbacks: Sequence[TrainerCallback]) -> TrainResult:
+    started = time.perf_counter()
+    run_dir = Path(out_dir).expanduser().resolve()
+    config, resume_from = start_or_resume(config, run_dir, resume)
+    metric = Metric.parse(config.metric)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_data, dev_data = _training_data(config, train_data, dev_data)
+    encoder = starting_encoder(config, encoder)
+    # Opens the process group under torchrun (the Trainer's own DDP setup: gloo on CPU, NCCL on GPU).
+    args = training_arguments(config, run_dir / CHECKPOINT_DIR, show_progress)
+    world = args.world_size
+    if world > 1:
+        logger.info("torchrun: %d processes (%s), %d pairs per rank per step, %d in all", world,
+                    args.device.type, config.batch_size, config.batch_size * world)
+    torch.manual_seed(config.seed)
+    pairs = prepare_pairs(train_data)
+    evaluator = DevEvaluator(dev_data, metric, config.eval_batch_size)
+    logger.info("train pairs %d (%d unique items, %d positives), dev pairs %d",
+                len(pairs), len(pairs.items), int(pairs.labels.sum()), len(dev_data))
+
+    model, collator = _model_to_train(config, encoder, pairs, evaluator, run_dir, args, show_progress)
+    zero_shot = _zero_shot(config, model, evaluator, args)
+    embedding_dim = config.projection_dim or encoder.embedding_dim
+    metric_loss = build_loss(config.loss, metric, embedding_dim=embedding_dim, params=config.loss_params)
+    logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
+    if zero_shot:
+        check_margins(metric_loss, zero_shot)
+    plan = _batch_plan(config, metric_loss, encoder, pairs, world)
+    preflight(metric_loss, pairs, plan.make_sampler(), config.batch_size * world,
+              plan.planned_steps * config.gradient_accumulation_steps)
+
+    if is_main_process():
+        write_json_atomic(run_dir / TRAIN_CONFIG_FILE, {**config.to_dict(), "run": {"status": "running"}})
+    guard = ZeroLossGuard(config.loss)
+    trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard, callbacks,
+                            show_progress)
+    logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
+                plan.planned_steps, plan.steps_per_epoch, config.batch_size, f" x {world} ranks" if world > 1 else "",
+                plan.sampler, config.learning_rate)
+    output_metrics = _fit(trainer, resume_from)
+    if config.freeze_encoder:
+        _attach_head(encoder, model)
+    similarity = SimilarityModel(encoder, metric)
+    record = {
+        "world_size": world, "train_pairs": len(pairs), "dev_pairs": len(dev_data), "sampler": plan.sampler,
+        "loss_params_resolved": metric_loss.params, "batches_without_tuple": guard.total_empty,
+        "batches_all_easy": guard.total_easy, "resumed": resume,
+        "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()},
+    } if is_main_process() else {}
+    return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
+                   output_metrics, record, started)
+
+
+def _training_data(config: TrainConfig, train_data: PairDataset | None,
+                   dev_data: PairDataset | None) -> tuple[PairDataset, PairDataset]:
+    if train_data is None or dev_data is None:
+        loaded_train, loaded_dev = load_training_data(config)
+        train_data = train_data if train_data is not None else loaded_train
+        dev_data = dev_data if dev_data is not None else loaded_dev
+    return train_data, dev_data
+
+
+def starting_encoder(config: TrainConfig, encoder: TrainableEncoder | None = None) -> TrainableEncoder:
+    """``encoder`` with the config's settings applied, or the encoder ``config.model`` names.
+
+    An encoder with a ``max_length`` setting (texts) is capped at ``config.max_length``.
+    """
+    if encoder is None:
+        encoder = load_encoder(config.model, backend="torch", max_length=config.max_length,
+                               pooling=config.pooling, normalize=config.normalize)
+        if not isinstance(encoder, TrainableEncoder):
+            raise TrainingError(f"the encoder {config.model!r} ({type(encoder).__name__}) cannot be trained: "
+                                "training needs a TrainableEncoder (a PyTorch module)")
+        return encoder
+    if not isinstance(encoder, TrainableEncoder):
+        raise TrainingError(f"encoder must be a TrainableEncoder to be trained, got {type(encoder).__name__}")
+    max_length = getattr(encoder, "max_length", None)
+    if isinstance(max_length, int):
+        encoder.max_length = min(max_length, config.max_length)
+    if config.normalize is not None:
+        encoder.normalize = config.normalize
+    return encoder
+
+
+def _model_to_train(config: TrainConfig, encoder: TrainableEncoder, pairs: PreparedPairs, evaluator: DevEvaluator,
+                    run_dir: Path, args: TrainingArguments, show_progress: bool) -> tuple[nn.Module, PairCollator]:
+    """The whole encoder, or (frozen mode) a projection head on cached base embeddings."""
+    if not config.freeze_encoder:
+        if config.projection_dim is not None and encoder.projection is None:
+            encoder.projection = identity_projection(encoder.pooled_dim, config.projection_dim, config.seed)
+        return encoder, PairCollator(pairs, encoder=encoder)
+    base = encoder.base_encoder()
+    for parameter in base.parameters():
+        parameter.requires_grad_(False)
+    pooled = encoder.pooled_dim
+    head = encoder.projection
+    out_dim = config.projection_dim or (head.out_features if head is not None else pooled)
+    if head is None or head.out_features != out_dim:  # otherwise continue from the saved head
+        head = identity_projection(pooled, out_dim, config.seed)
+    cache = run_dir / "cache"
+    # The first process of each machine fills the cache; the others then read it.
+    with args.main_process_first(local=True, desc="frozen-encoder embeddings"):
+        train_base = base_embeddings(base, pairs.items, cache, "train", config.eval_batch_size, show_progress)
+        evaluator.base = base_embeddings(base, evaluator.items, cache, "dev", config.eval_batch_size, show_progress)
+    return ProjectionHead(head, encoder.normalize), PairCollator(pairs, embeddings=train_base)
+
+
+def _attach_head(encoder: TrainableEncoder, model: nn.Module) -> None:
+    """Frozen mode is over: the trained head becomes the encoder's projection."""
+    assert isinstance(model, ProjectionHead)
+    encoder.projection = model.projection
+    for parameter in encoder.base_encoder().parameters():
+        parameter.requires_grad_(True)
+
+
+def _zero_shot(config: TrainConfig, model: nn.Module, evaluator: DevEvaluator,
+               args: TrainingArguments) -> dict[str, Any]:
+    """Dev figures before training (frozen mode scores the untrained head: the same numbers, no second encode)."""
+    if not config.zero_shot_eval:
+        return {}
+    model.to(args.device)
+    zero_shot = broadcast_object(evaluator(model) if is_main_process() else None)
+    logger.info("zero-shot dev AP (%s) %.4f; median distance similar %.4g, dissimilar %.4g", evaluator.metric.value,
+                zero_shot["average_precision"], zero_shot["median_distance_similar"],
+                zero_shot["median_distance_dissimilar"])
+    return zero_shot
+
+
+def _batch_plan(config: TrainConfig, metric_loss: MetricLoss, encoder: TrainableEncoder, pairs: PreparedPairs,
+                world: int) -> _BatchPlan:
+    kind = config.sampler
+    if kind == "auto":
+        kind = "cluster" if metric_loss.needs_labels else "length"
+    # Every rank draws the same seeded order; the loss sees world * batch_size pairs per micro-batch.
+    step_pairs = config.batch_size * config.gradient_accumulation_steps * world
+    pair_sizes: list[int] = []
+    if kind == "length" and not config.freeze_encoder:  # cached embeddings have no padding to save
+        sizes = encoder.item_sizes(pairs.items)
+        if int(sizes.max(initial=0)) > 0:  # all zero: every item costs the same, nothing to group
+            pair_sizes = np.maximum(sizes[pairs.tid_a], sizes[pairs.tid_b]).tolist()
+
+    def make_sampler() -> Sampler[int]:
+        if kind == "cluster":
+            return ClusterPairSampler(pairs.text_labels[pairs.tid_a], config.samples_per_cluster, config.seed)
+        if pair_sizes:
+            # Group by the pairs of one optimiser step over all ranks: accelerate cuts that into per-rank batches.
+            return LengthGroupedPairSampler(pair_sizes, step_pairs, config.seed)
+        return RandomPairSampler(len(pairs), config.seed)
+
+    steps_per_epoch = math.ceil(len(pairs) / step_pairs)
+    planned = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+    return _BatchPlan(kind, make_sampler, steps_per_epoch, planned)
+
+
+def _make_trainer(model: nn.Module, args: TrainingArguments, pairs: PreparedPairs, collator: PairCollator,
+                  metric_loss: MetricLoss, evaluator: DevEvaluator, plan: _BatchPlan, guard: ZeroLossGuard,
+                  callbacks: Sequence[TrainerCallback], show_progress: bool) -> MetricTrainer:
+    trainer = MetricTrainer(
+        model=model,
+        args=args,
+        train_dataset=PairRows(pairs),
+        eval_dataset=PairRows(pairs),  # not iterated: evaluate() scores the dev split itself
+        data_collator=collator,
+        metric_loss=metric_loss,
+        dev_evaluator=evaluator,
+        sampler_factory=plan.make_sampler,
+        guard=guard,
+        callbacks=[guard, *callbacks],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressAndLog(trainer, show_progress))
+    return trainer
+
+
+def _fit(trainer: MetricTrainer, resume_from: Path | None) -> dict[str, float]:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():  # log lines print above the progress bar instead of through it
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return dict(output.metrics)
+
+
+def _finish(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, trainer: MetricTrainer,
+            evaluator: DevEvaluator, dev_data: PairDataset, metric_loss: MetricLoss, zero_shot: dict[str, Any],
+            output_metrics: dict[str, float], record: dict[str, Any], started: float) -> TrainResult:
+    """Rank 0 calibrates, saves and writes the run files; every rank returns the same result."""
+    shared: tuple[dict[str, Any], dict[str, Any] | None, float] | None = None
+    if is_main_process():
+        metrics = finish_run(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot)
+        wall = time.perf_counter() - started
+        runtime = float(output_metrics.get("train_runtime", float("nan")))
+        run = {
+            "status": "finished",
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "wall_time_s": round(wall, 1),
+            "train_runtime_s": round(runtime, 1),
+            "dev_eval_time_s": round(trainer.eval_seconds, 1),  # inside train_runtime_s
+            "train_pairs_per_s": round(trainer.pairs_seen / max(1e-9, output_metrics.get("train_runtime", 0.0)
+                                                                - trainer.eval_seconds), 2),
+            **record,
+            "hardware": _hardware(),
+            "versions": _versions(),
+        }
+        write_json_atomic(run_dir / TRAIN_CONFIG_FILE, {**config.to_dict(), "run": run})
+        logger.info("dev AP %.4f (zero-shot %s) after %d steps in %.0f s; model saved to %s",
+                    metrics["dev"]["average_precision"],
+                    f"{zero_shot['average_precision']:.4f}" if zero_shot else "not measured",
+                    trainer.state.global_step, wall, run_dir / MODEL_DIR)
+        calibrator = similarity.calibrator
+        shared = (metrics, calibrator.to_dict() if calibrator is not None else None, wall)
+    # The other ranks wait here until rank 0 has written the run folder, then return the same result.
+    metrics, calibrator_dict, wall = broadcast_object(shared)
+    if not is_main_process() and calibrator_dict is not None:
+        similarity.calibrator = Calibrator.from_dict(calibrator_dict)
+    return TrainResult(similarity, run_dir, metrics, trainer.state.global_step, wall)
+
+
+def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, trainer: MetricTrainer,
+               evaluator: DevEvaluator, dev_data: PairDataset, metric_loss: MetricLoss,
+               zero_shot: dict[str, Any]) -> dict[str, Any]:
+    """Calibrate ``similarity`` on dev, save it to ``RUN_DIR/model`` and write ``metrics.json``."""
+    metric = similarity.metric
+    # Final model: the best checkpoint's weights (load_best_model_at_end), calibrated on dev.
+    final_step = checkpoint_step(trainer.state.best_model_checkpoint) if config.load_best_model_at_end else None
+    final_step = trainer.state.global_step if final_step is None else final_step
+    distances = evaluator.distances_in_input_order(final_step)
+    if distances is None:  # e.g. the best step was evaluated before a resume
+        distances = similarity.distance(dev_data.texts_a, dev_data.texts_b, batch_size=config.eval_batch_size)
+    dev_labels = dev_data.labels
+    calibration: dict[str, Any]
+    try:
+        similarity.calibrator = Calibrator.fit(distances, dev_labels, metric, fitted_on="dev")
+        calibration = calibrated_metrics(distances, dev_labels, similarity.calibrator)
+    except CalibrationError as exc:
+        # Keep the trained weights: an uncalibrated model is still a result worth inspecting.
+        logger.warning("the model is saved without a calibrator: %s", exc)
+        calibration = {"calibration_error": str(exc)}
+    similarity.save(run_dir / MODEL_DIR, extra={"training": {"loss": config.loss, "loss_params": metric_loss.params,
+                                                             "steps": trainer.state.global_step}})
+    dev_metrics = {**ranking_metrics(distances, dev_labels),
+                   **calibration,
+                   "best_checkpoint": trainer.state.best_model_checkpoint,
+                   "best_step_average_precision": trainer.state.best_metric}
+    metrics: dict[str, Any] = {"metric": metric.value, "dev": dev_metrics}
+    if zero_shot:
+        metrics["zero_shot_dev"] = zero_shot
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _versions() -> dict[str, str]:
+    packages = ("metric-sim", "torch", "transformers", "pytorch-metric-learning", "datasets", "accelerate",
+                "scikit-learn", "numpy")
+    return {"python": platform.python_version(), **package_versions(packages)}
+
+
+def _hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
