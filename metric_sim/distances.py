@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from metric_sim.errors import InvalidArgumentError
+
 if TYPE_CHECKING:  # torch is imported where it is used: the ONNX inference path runs without it
     import torch
 
@@ -35,7 +37,7 @@ class Metric(str, Enum):
                 if metric.value == key:
                     return metric
         valid = [m.value for m in cls] + list(aliases)
-        raise ValueError(f"metric must be one of {valid}, got {value!r}")
+        raise InvalidArgumentError(f"metric must be one of {valid}, got {value!r}")
 
     @property
     def p(self) -> int:
@@ -56,7 +58,7 @@ def paired_distances_torch(a: torch.Tensor, b: torch.Tensor, metric: Metric | st
 
     metric = Metric.parse(metric)
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InvalidArgumentError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return torch.linalg.vector_norm(a - b, ord=metric.p, dim=-1)
 
 
@@ -66,7 +68,7 @@ def paired_distances_numpy(a: np.ndarray, b: np.ndarray, metric: Metric | str) -
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+        raise InvalidArgumentError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     if metric is Metric.EUCLIDEAN:
         out = np.sqrt(np.sum(diff * diff, axis=-1))

@@ -4,10 +4,17 @@ The encoder is any :class:`~metric_sim.encoders.base.ItemEncoder` (a transformer
 encoder, its ONNX export, or another kind of item); the model only needs the contract.
 Distances are exactly symmetric: both sides of a pair list are embedded together, once,
 in one canonical order, so swapping the two lists feeds the encoder the same batches.
+
+``metric_sim.json`` is validated field by field (a ``ConfigError`` names the file and the
+field) but carries no checksum: it is the model folder's one human-readable settings file,
+several writers update it in place (``save_calibrator``, export), and what it determines is
+already protected where it matters: an index or shard folder records the encoder's
+fingerprint and refuses a model whose settings or weights changed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from metric_sim.calibration import DEFAULT_FEATURE, Calibrator
+from metric_sim.calibration import DEFAULT_FEATURE, FEATURES, Calibrator
 from metric_sim.distances import Metric, paired_distances_numpy
-from metric_sim.encoders.base import ItemEncoder
+from metric_sim.encoders.base import ItemEncoder, check_model_config
 from metric_sim.encoders.registry import BACKENDS, load_encoder
 from metric_sim.errors import (
     CalibrationError,
+    ConfigError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MissingFileError,
@@ -33,10 +41,62 @@ from metric_sim.layout import (
     resolve_model_dir,
     resolve_model_source,
 )
-from metric_sim.storage import read_json_object, write_json_atomic
+from metric_sim.schema import SavedFields, read_json_file
+from metric_sim.storage import write_json_atomic
 from metric_sim.validation import require_same_length
 
-__all__ = ["BACKENDS", "PairEmbeddings", "SimilarityModel"]
+__all__ = ["BACKENDS", "PairEmbeddings", "SimilarityModel", "read_model_config", "saved_calibrator"]
+
+METRIC_NAMES = tuple(m.value for m in Metric)
+
+
+def saved_calibrator(fields: SavedFields, name: str, metric: Metric, *, owner: str) -> Calibrator | None:
+    """The calibrator saved in field ``name`` (None when absent or null), every field checked.
+
+    It must be fitted for ``metric``, the metric of ``owner`` ("the model", "the index"):
+    probabilities of another metric's distances would be wrong. Errors name the file and field.
+    """
+    section = fields.section(name, required=False, nullable=True)
+    if section is None:
+        return None
+    weight = section.get("weight", float)
+    section.get("bias", float)
+    fitted_metric = section.get("metric", str, choices=METRIC_NAMES)
+    if Metric.parse(fitted_metric) is not metric:
+        section.fail("metric", f"is {fitted_metric!r}, but {fields.file.name} says {metric.value!r} for {owner}: "
+                               "the calibrator was fitted for another metric")
+    if weight >= 0:
+        section.fail("weight", f"must be negative (a larger distance must mean less similar), got {weight!r}")
+    section.get("feature", str, required=False, choices=FEATURES)
+    section.get("n_fit", int, required=False, minimum=0)
+    section.get("fitted_on", str, required=False, nullable=True)
+    calibrator = Calibrator.from_dict(section.payload)
+    recorded = section.get("threshold", float, required=False)
+    # The threshold is derived from weight and bias and never read back: an edit to it alone would be ignored.
+    if recorded is not None and not math.isclose(recorded, calibrator.threshold, rel_tol=1e-9, abs_tol=1e-12):
+        section.fail("threshold", f"is {recorded!r}, but weight and bias give {calibrator.threshold!r}: the threshold "
+                                  "is derived from them (edit weight/bias, or delete threshold)")
+    return calibrator
+
+
+def read_model_config(config_file: Path, metric: Metric | str | None = None, *,
+                      with_calibrator: bool = True) -> tuple[dict[str, Any], Metric | None, Calibrator | None]:
+    """(payload, saved metric, calibrator) of a model folder's ``metric_sim.json``, every field checked.
+
+    ``metric`` is the one the caller asked for; a saved metric must agree with it. The
+    calibrator must be fitted for the metric the model will use. ``with_calibrator=False``
+    leaves the saved calibrator unchecked (it is about to be replaced).
+    """
+    payload = read_json_file(config_file, ConfigError)
+    check_model_config(payload, config_file)
+    fields = SavedFields(payload, config_file, ConfigError)
+    saved = fields.get("metric", str, required=False, nullable=True, choices=METRIC_NAMES)
+    saved_metric = None if saved is None else Metric.parse(saved)
+    if metric is not None and saved_metric is not None and Metric.parse(metric) is not saved_metric:
+        raise InvalidArgumentError(f"{config_file.parent} was trained for metric {saved!r}; got metric={metric!r}")
+    chosen = saved_metric or Metric.parse(metric or Metric.EUCLIDEAN)
+    calibrator = saved_calibrator(fields, "calibrator", chosen, owner="the model") if with_calibrator else None
+    return payload, saved_metric, calibrator
 
 
 @dataclass(frozen=True)
@@ -100,14 +160,16 @@ class SimilarityModel:
         if backend is not None and backend not in BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         source = resolve_model_source(path)
-        encoder = load_encoder(source, backend=backend, **encoder_kwargs)
-        cfg = read_json_object(source.config_file) if source.config_file is not None else {}
-        saved_metric = cfg.get("metric")
-        if metric is not None and saved_metric is not None and Metric.parse(metric) is not Metric.parse(saved_metric):
-            raise InvalidArgumentError(f"{path} was trained for metric {saved_metric!r}; got metric={metric!r}")
-        chosen = Metric.parse(metric or saved_metric or Metric.EUCLIDEAN)
-        calibrator = Calibrator.from_dict(cfg["calibrator"]) if cfg.get("calibrator") else None
-        return cls(encoder, chosen, calibrator)
+        saved_metric, calibrator = None, None
+        if source.config_file is not None:  # checked before the (slow) encoder load
+            _, saved_metric, calibrator = read_model_config(source.config_file, metric)
+        try:
+            encoder = load_encoder(source, backend=backend, **encoder_kwargs)
+        except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
+            if source.config_file is None or encoder_kwargs:
+                raise  # the caller's arguments, or a folder without settings of its own
+            raise ConfigError(f"{source.config_file}: the saved encoder settings do not load: {exc}") from exc
+        return cls(encoder, saved_metric or Metric.parse(metric or Metric.EUCLIDEAN), calibrator)
 
     def save(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         payload: dict[str, Any] = {"metric": self.metric.value,
@@ -130,12 +192,15 @@ class SimilarityModel:
                 f"{folder} is not a model folder (no {HF_CONFIG_FILE} or {CONFIG_FILE}); "
                 "save the model first with model.save(folder)"
             )
-        payload = read_json_object(cfg_file) if cfg_file.is_file() else self.encoder.model_config()
+        if cfg_file.is_file():
+            # The old calibrator is replaced, so only the rest of the file must be sound.
+            payload, saved_metric, _ = read_model_config(cfg_file, with_calibrator=False)
+        else:
+            payload, saved_metric = self.encoder.model_config(), None
         payload.setdefault("format_version", FORMAT_VERSION)
-        saved_metric = payload.get("metric")
-        if saved_metric is not None and Metric.parse(saved_metric) is not self.metric:
+        if saved_metric is not None and saved_metric is not self.metric:
             raise InvalidArgumentError(
-                f"{folder} holds a model for metric {saved_metric!r}; this calibrator is for {self.metric.value!r}"
+                f"{folder} holds a model for metric {saved_metric.value!r}; this calibrator is for {self.metric.value!r}"
             )
         payload["metric"] = self.metric.value
         payload["calibrator"] = calibrator.to_dict()

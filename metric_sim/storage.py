@@ -53,6 +53,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
         payload = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # deeply nested JSON: never a valid saved file
+        raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(payload, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(payload).__name__}")
     return payload

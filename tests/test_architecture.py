@@ -23,6 +23,7 @@ RANKS = {
     "errors": 0,
     "layout": 1,
     "storage": 1,
+    "schema": 1,
     "validation": 1,
     "distances": 2,
     "items": 2,

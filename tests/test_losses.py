@@ -296,3 +296,36 @@ def test_manhattan_scale_matches_measured_l1_l2_ratio_of_random_vectors():
     diff = rng.standard_normal((2000, 384))
     ratio = np.median(np.abs(diff).sum(1) / np.linalg.norm(diff, axis=1))
     assert ratio == pytest.approx(manhattan_scale(384), rel=0.01)
+
+
+def test_the_builder_runs_the_registry_check_so_nothing_bypasses_it():
+    from metric_sim.losses import MetricLoss
+
+    with pytest.raises(ValueError, match="'margin' must be a finite number > 0, got inf"):
+        build_loss("triplet", "euclidean", embedding_dim=8, params={"margin": math.inf})
+    with pytest.raises(TypeError, match="'neg_margin' must be a finite number, got True"):
+        build_loss("contrastive", "euclidean", embedding_dim=8, params={"neg_margin": True})
+    with pytest.raises(ValueError, match="'temperature' must be > 0, got 0"):
+        MetricLoss("supcon", "euclidean", {"temperature": 0}, embedding_dim=8)
+    # A Manhattan default neg_margin scales with the size: 0.8 * sqrt(2 * 384 / pi) = 12.5 here, so
+    # a config (which does not know the size) lets pos_margin 13 pass and the builder refuses it.
+    build_loss("contrastive", "manhattan", embedding_dim=384, params={"pos_margin": 12.0})
+    with pytest.raises(ValueError, match=r"pos_margin=13.0 and neg_margin=12.5082 \(the manhattan default for 384 dims\)"):
+        build_loss("contrastive", "manhattan", embedding_dim=384, params={"pos_margin": 13.0})
+
+
+def test_a_config_changed_after_it_was_built_is_still_checked_by_the_builder():
+    from metric_sim.training import TrainConfig
+
+    config = TrainConfig(train_file="/nonexistent/pairs.tsv", loss="contrastive")
+    config.loss_params["neg_margin"] = -1.0  # mutation skips __post_init__
+    with pytest.raises(ValueError, match="'neg_margin' must be > 0, got -1.0"):
+        build_loss(config.loss, config.metric, embedding_dim=8, params=config.loss_params)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
+@pytest.mark.parametrize("name", list_losses())
+def test_every_loss_builds_with_its_defaults_for_every_metric(name, metric):
+    for dim in (2, 384):
+        loss = build_loss(name, metric, embedding_dim=dim, params=default_loss_params(name, metric, dim))
+        assert loss.params == pytest.approx(default_loss_params(name, metric, dim))

@@ -38,6 +38,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(f"bad rows:       {bad}")
     if summary.get("middle_band"):
         print(f"middle band:    {summary['middle_band']:,} (dropped by score binarisation)")
+    if summary.get("multiline_records"):
+        print(f"multi-line:     {summary['multiline_records']:,} record(s) with a quoted line break (see the warning)")
     print(f"self-pairs:     {summary['self_pairs']:,}   duplicate pairs: {summary['duplicate_pairs']:,}")
     print(f"unique texts:   {summary['unique_texts']:,}")
     print(f"clusters:       {summary['clusters']:,} with 2+ members (largest {summary['largest_cluster']}), {summary['singletons']:,} singletons")

@@ -3,8 +3,10 @@
 The subpackage, one responsibility per module:
 
 * :mod:`~metric_sim.data.report` - :class:`LoadReport`, the kinds of bad rows;
+* :mod:`~metric_sim.data.lines` - physical lines, decoded one by one; the encoding check;
+* :mod:`~metric_sim.data.delimited` - the strict TSV/CSV record splitter;
 * :mod:`~metric_sim.data.readers` - files and tables -> records (and which suffix means
-  which format, for pairs and for corpora);
+  which format, for pairs and for corpora); its docstring states every format's rules;
 * :mod:`~metric_sim.data.labels` - raw label -> 0/1 (binary, mapped, thresholded score);
 * :mod:`~metric_sim.data.pairs` - :class:`PairDataset` (columns, clusters, splits);
 * :mod:`~metric_sim.data.loader` - records -> validated pairs, :func:`load_pairs`;

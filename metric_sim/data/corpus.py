@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from metric_sim.data.readers import (
     QUOTING,
     LineState,
     Record,
+    check_encoding,
     corpus_format,
     iter_delimited,
     iter_jsonl,
@@ -25,6 +27,7 @@ from metric_sim.data.readers import (
     iter_table,
     read_parquet,
 )
+from metric_sim.data.report import multiline_summary
 from metric_sim.errors import DataError, InvalidArgumentError, MissingFileError
 from metric_sim.validation import require_choice
 
@@ -69,10 +72,13 @@ def load_corpus(
     numbers. ``.tsv``/``.csv`` (with a header row), ``.jsonl`` and ``.parquet`` (each
     optionally ``.gz``) need ``text_column`` (default ``"text"``); ids come from
     ``id_column`` or default to the start line (text files) / 0-based row (parquet).
-    Blank or missing texts, non-string texts, empty or repeated ids raise a
-    :class:`DataError` naming the file, line (or row) and column: nothing is dropped.
+    Blank or missing texts, non-string texts, empty or repeated ids, malformed rows
+    (quoting rules: :mod:`metric_sim.data.readers`) and columns named twice raise a
+    :class:`DataError` naming the file, line (or row) and column: nothing is dropped. A
+    text with a quoted line break is kept and named in a warning (its line span).
     """
     require_choice("quoting", quoting, QUOTING)
+    check_encoding(encoding)
     if format is not None:
         require_choice("format", format, CORPUS_FORMATS)
     path = Path(source)
@@ -117,6 +123,7 @@ def load_corpus(
     ids: list[str] = []
     texts: list[str] = []
     first_seen: dict[str, int] = {}
+    multiline: list[list[int]] = []
 
     def bad(rec: Record, message: str, role: str | None, kind: str = "malformed") -> DataError:
         column = rec.column if role is None else roles.get(role)
@@ -144,8 +151,17 @@ def load_corpus(
                 "id",
             )
         first_seen[ident] = rec.loc
+        if rec.end is not None:
+            multiline.append([rec.loc, rec.end])
         ids.append(ident)
         texts.append(value)
     if not texts:
         raise DataError("no texts (the file is empty or has only a header)", source=name)
+    if multiline:  # legal (a quoted line break), but never silent
+        warnings.warn(
+            f"{name}: {len(multiline)} text(s) hold a quoted line break and span several lines: "
+            f"{multiline_summary(multiline, len(multiline))}",
+            UserWarning,
+            stacklevel=2,
+        )
     return Corpus(ids=ids, texts=texts, source=name)

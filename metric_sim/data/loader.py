@@ -11,7 +11,9 @@ the problem is: for delimited text and JSON Lines the 1-based *physical line* on
 the record **starts** (the header is line 1; a quoted field may span several lines, the
 message then also gives the range; blank lines are skipped but still counted, so the
 number always matches what an editor shows); for parquet and ``datasets`` tables the
-1-based *row*.
+1-based *row*. The quoting rules of each format are in :mod:`metric_sim.data.readers`;
+a record that spans lines (a quoted line break) is counted in
+``LoadReport.multiline_records`` and named in a warning.
 
 When no ``pair_id`` column is given, the default pair id is that same start line
 for files read line by line, and the 0-based row index for tables (parquet,
@@ -20,7 +22,6 @@ for files read line by line, and the 0-based row index for tables (parquet,
 
 from __future__ import annotations
 
-import codecs
 import math
 import os
 import sys
@@ -36,6 +37,7 @@ from metric_sim.data.readers import (
     FORMATS,
     QUOTING,
     Record,
+    check_encoding,
     dataset_columns,
     iter_delimited,
     iter_jsonl,
@@ -44,7 +46,7 @@ from metric_sim.data.readers import (
     pair_format,
     read_parquet,
 )
-from metric_sim.data.report import MAX_BAD_ROW_EXAMPLES, ON_BAD_ROW, LoadReport
+from metric_sim.data.report import MAX_BAD_ROW_EXAMPLES, ON_BAD_ROW, LoadReport, multiline_summary
 from metric_sim.errors import (
     DataError,
     InvalidArgumentError,
@@ -111,9 +113,13 @@ def build_pairs(
     roles: dict[str, str | int],
     label_parser: Callable[[Any], int | None],
     on_bad_row: str,
-    known_quirk: Callable[[list[str]], bool] | None,
+    known_quirk: Callable[[int, Record], bool] | None,
 ) -> PairDataset:
-    """Validate ``records`` into a :class:`PairDataset`; bad rows raise or are counted (``on_bad_row``)."""
+    """Validate ``records`` into a :class:`PairDataset`; bad rows raise or are counted (``on_bad_row``).
+
+    ``known_quirk(n, record)`` is asked about each malformed record (``n``: its 1-based
+    number among the data records); a true answer drops it even with ``on_bad_row="error"``.
+    """
     report = LoadReport(source=source)
     out: dict[str, list] = {c: [] for c in COLUMNS}
     has_ids = "id_a" in roles
@@ -158,8 +164,12 @@ def build_pairs(
 
     for rec in records:
         report.rows_read += 1
+        if rec.end is not None:
+            report.multiline_records += 1
+            if len(report.multiline_spans) < MAX_BAD_ROW_EXAMPLES:
+                report.multiline_spans.append([rec.loc, rec.end])
         if rec.values is None:
-            quirk = known_quirk is not None and rec.fields is not None and known_quirk(rec.fields)
+            quirk = known_quirk is not None and known_quirk(report.rows_read, rec)
             quirks += quirk
             message = rec.error + (" (known quirk of this dataset: dropped)" if quirk else "")
             reject("malformed", rec.loc, rec.column, message, force_skip=quirk)
@@ -215,6 +225,13 @@ def build_pairs(
             f"middle band: {report.middle_band}); first problem: {report.bad_row_examples[:1]}",
             source=source,
         )
+    if report.multiline_records:
+        warnings.warn(
+            f"{source}: {report.multiline_records} record(s) hold a quoted line break and span "
+            f"several lines: {multiline_summary(report.multiline_spans, report.multiline_records)}",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
     if n_bad:
         first = report.bad_row_examples[0]
         where = f"{unit} {first['line']}" + (
@@ -245,7 +262,7 @@ def load_pairs_with_roles(
     label_parser: Callable[[Any], int | None] = parse_binary_label,
     allow_extra_fields: bool = False,
     n_fields: int | None = None,
-    known_quirk: Callable[[list[str]], bool] | None = None,
+    known_quirk: Callable[[int, Record], bool] | None = None,
 ) -> PairDataset:
     """Load pairs from ``source`` with ``roles`` (role -> column) already chosen; presets call this."""
     require_choice("on_bad_row", on_bad_row, ON_BAD_ROW)
@@ -254,14 +271,15 @@ def load_pairs_with_roles(
         require_choice("format", format, FORMATS)
     if not isinstance(header, bool):
         raise InvalidArgumentTypeError(f"header must be True or False, got {header!r}")
-    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
-        raise InvalidArgumentError(f"delimiter must be a single character, got {delimiter!r}")
+    if delimiter is not None and (
+        not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n'
+    ):
+        raise InvalidArgumentError(
+            f"delimiter must be a single character other than a quote or a line break, got {delimiter!r}"
+        )
     if n_fields is not None:
         n_fields = require_positive_int("n_fields", n_fields)
-    try:
-        codecs.lookup(encoding)
-    except (LookupError, TypeError):
-        raise InvalidArgumentError(f"unknown encoding {encoding!r}") from None
+    check_encoding(encoding)
     if ("id_a" in roles) != ("id_b" in roles):
         raise InvalidArgumentError("give both id_a and id_b columns, or neither (ids then hash the texts)")
     common = dict(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from metric_sim.clusters import UnionFind, cluster_ids
-from metric_sim.data.readers import csv_rows, strip_gz
+from metric_sim.data.readers import DelimitedReader, refuse_duplicate_columns, strip_gz
 from metric_sim.data.report import LoadReport
 from metric_sim.errors import (
     DataError,
@@ -184,6 +184,7 @@ class PairDataset:
             "self_pairs": self.report.self_pairs,
             "duplicate_pairs": self.report.duplicate_pairs,
             "middle_band": self.report.middle_band,
+            "multiline_records": self.report.multiline_records,
         }
 
     def group_split(
@@ -285,14 +286,30 @@ def read_split_file(path: Path, *, id_column: str, split_column: str) -> dict[st
     header: list[str] | None = None
     assignment: dict[str, str] = {}
     where: dict[str, int] = {}
-    rows = csv_rows(path, source=str(path), delimiter=delimiter, quoting="csv", encoding="utf-8")
-    for line, _, row, _ in rows:
+    rows = DelimitedReader(
+        path, source=str(path), delimiter=delimiter, quoting="csv", encoding="utf-8"
+    )
+    for raw in rows:
+        line, row = raw.start, raw.fields
         if row is None:
-            raise DataError("line cannot be parsed", source=path, line=line)
+            named = header is not None and raw.field_index is not None and raw.field_index < len(header)
+            raise DataError(
+                f"line cannot be parsed: {raw.problem}",
+                source=path,
+                line=line,
+                column=header[raw.field_index] if named else raw.field_index,  # type: ignore[index]
+            )
         if not row:
             continue
+        if raw.end > raw.start:  # ids and split names never hold line breaks
+            raise DataError(
+                f"a quoted field runs over {raw.span}; a split file has one record per line",
+                source=path,
+                line=line,
+            )
         if header is None:
             header = row
+            refuse_duplicate_columns(header, source=str(path), line=line)
             missing = [c for c in (id_column, split_column) if c not in header]
             if missing:
                 raise DataError(

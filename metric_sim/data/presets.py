@@ -11,7 +11,7 @@ from pathlib import Path
 from metric_sim.data.labels import ScoreLabel
 from metric_sim.data.loader import load_pairs_with_roles, pair_roles
 from metric_sim.data.pairs import PairDataset
-from metric_sim.data.readers import first_row
+from metric_sim.data.readers import Record, first_row
 from metric_sim.data.report import ON_BAD_ROW
 from metric_sim.errors import InvalidArgumentError, MissingFileError
 from metric_sim.validation import require_choice
@@ -44,12 +44,22 @@ def _require_file(path: Path, preset: str) -> Path:
     return path
 
 
-_QQP_QUIRK = re.compile(r"\s[01]\Z")
+# The one documented quirk (data README, QQP section): the first line of the GLUE subset
+# lost the tab before its label, so it has 5 fields and its question2 ends in " 0".
+# Only that record is exempt: first data record, those three ids, that shape.
+_QQP_QUIRK_IDS = ("133273", "213221", "213222")
+_QQP_QUIRK_TAIL = re.compile(r"\S\s0\Z")
 
 
-def _qqp_known_quirk(fields: list[str]) -> bool:
-    # data README: line 1 lost the tab before its label -> 5 fields, the 5th ends in " 0".
-    return len(fields) == 5 and bool(_QQP_QUIRK.search(fields[4]))
+def _qqp_known_quirk(number: int, record: Record) -> bool:
+    fields = record.fields
+    return (
+        number == 1
+        and fields is not None
+        and len(fields) == 5
+        and tuple(fields[:3]) == _QQP_QUIRK_IDS
+        and bool(_QQP_QUIRK_TAIL.search(fields[4]))
+    )
 
 
 def _load_qqp(*, path, split, data_dir, on_bad_row, low, high) -> PairDataset:

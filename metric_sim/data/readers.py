@@ -8,16 +8,45 @@ share one set of parsers and one set of rules for locations in messages:
   **starts** (the header is line 1); blank lines are skipped but still counted.
 * parquet and ``datasets`` tables: the 1-based *row*.
 
+Format rules (strict: whatever breaks them is a malformed row at its line and column,
+never a silent rewrite or merge):
+
+* **Lines.** Files are read as bytes, gzip or not, decoded line by line and split on
+  ``\n`` only; a line may end in ``\r\n``. A BOM at the start is dropped.
+* **TSV and CSV, ``quoting="csv"``** (RFC 4180 with the delimiter ``\t`` or ``,``): a
+  field is unquoted (no ``"`` and no ``\r`` in it) or quoted: ``"`` right after the
+  delimiter or at the start of the line, a ``"`` inside written ``""``, and the
+  closing ``"`` followed by the delimiter or the end of the line. ``"abc"def``, a
+  quote inside an unquoted field and a quote that never closes are malformed.
+  Only a quoted field may hold a line break (our own TSV writers and pandas emit
+  them), so only then does a record span lines; such a record is legal but never
+  silent: :class:`~metric_sim.data.report.LoadReport` counts it
+  (``multiline_records``, ``multiline_spans``) and the load warns with its line span.
+  A malformed record that spans lines is reported at its first line (the message
+  gives the span) and only that line is consumed: reading resumes on the next
+  physical line, so one stray quote costs one row, counted, never the lines after it.
+  A record with the wrong number of fields that spans lines is treated the same way.
+* **``quoting="none"``**: one physical line is one record, split on the delimiter;
+  ``"`` is an ordinary character (STS-B, SICK, MRPC); a ``\r`` inside a line is malformed.
+* **Header.** Column names must be unique: a name given twice is refused (the file,
+  line and column are named) in every format: delimited headers, JSON keys (per
+  object, nested objects too), parquet schemas.
+* **JSON Lines**: one JSON object per physical line. Invalid JSON, duplicate keys,
+  lone surrogates (``"\ud800"``) in a value that is read, nesting too deep to parse and
+  non-objects are malformed rows at their line.
+* **Parquet**: read and converted inside one guard, so a damaged file is a
+  :class:`~metric_sim.errors.DataError` naming it, whatever part of it is damaged.
+
 ``datasets`` is imported only inside :func:`load_hf_folder`, so reading a corpus does
 not load it.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metric_sim.data.delimited import DelimitedReader, RawRecord
+from metric_sim.data.lines import LineState, check_encoding, is_gzip, iter_lines
 from metric_sim.errors import DataError, InvalidArgumentError, InvalidArgumentTypeError
 
 if TYPE_CHECKING:
@@ -37,10 +68,12 @@ __all__ = [
     "FORMATS",
     "PAIR_SUFFIX_FORMATS",
     "QUOTING",
+    "DelimitedReader",
     "LineState",
+    "RawRecord",
     "Record",
+    "check_encoding",
     "corpus_format",
-    "csv_rows",
     "dataset_columns",
     "first_row",
     "is_gzip",
@@ -51,6 +84,7 @@ __all__ = [
     "load_hf_folder",
     "pair_format",
     "read_parquet",
+    "refuse_duplicate_columns",
     "resolve_column",
     "strip_gz",
     "table_columns",
@@ -75,7 +109,6 @@ PAIR_SUFFIX_FORMATS = {
 }
 CORPUS_SUFFIX_FORMATS = {**PAIR_SUFFIX_FORMATS, ".txt": "lines"}
 
-_GZIP_MAGIC = b"\x1f\x8b"
 # Big enough for any real text field; the csv default (128 KiB) rejects long documents.
 _FIELD_SIZE_LIMIT = 2**31 - 1
 
@@ -90,95 +123,16 @@ class Record:
     error: str | None = None
     column: str | int | None = None
     fields: list[str] | None = None  # raw fields of a malformed delimited row (for known quirks)
+    end: int | None = None  # last physical line when the record spans several (quoted line breaks)
 
 
 def strip_gz(path: Path) -> Path:
     return path.with_suffix("") if path.suffix.lower() == ".gz" else path
 
 
-def is_gzip(path: Path) -> bool:
-    if path.suffix.lower() == ".gz":
-        return True
-    with open(path, "rb") as fh:  # also catch gzip data under a plain name
-        return fh.read(2) == _GZIP_MAGIC
-
-
-class LineState:
-    def __init__(self) -> None:
-        self.line = 0
-        self.unterminated = False  # the last physical line read had no newline (truncated?)
-
-
-def iter_lines(path: Path, source: str, encoding: str, state: LineState) -> Iterator[str]:
-    """Decoded physical lines (line ends kept), decoding each line on its own.
-
-    Decoding per line is what lets a bad byte be reported with its line number;
-    feeding these lines to ``csv.reader`` makes ``reader.line_num`` a physical line count.
-    A leading BOM is dropped whatever the encoding (Windows editors add one).
-    """
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    try:
-        opener = gzip.open if is_gzip(path) else open
-        with opener(path, "rb") as fh:
-            for raw in fh:
-                state.line += 1
-                try:
-                    text = decoder.decode(raw)
-                except UnicodeDecodeError as exc:
-                    bad = raw[exc.start : exc.start + 1]
-                    raise DataError(
-                        f"bytes are not valid {encoding}: {bad!r} at byte {exc.start + 1} of the line",
-                        source=source,
-                        line=state.line,
-                    ) from None
-                if state.line == 1 and text.startswith("\ufeff"):
-                    text = text[1:]
-                state.unterminated = not text.endswith(("\n", "\r"))
-                yield text
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                raise DataError(
-                    f"file ends inside a multi-byte {encoding} character (truncated?)",
-                    source=source,
-                    line=state.line,
-                ) from None
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(
-            f"compressed stream is truncated or corrupt after line {state.line} ({type(exc).__name__}: {exc})",
-            source=source,
-            line=state.line + 1 if state.line else None,
-        ) from None
-
-
-def csv_rows(
-    path: Path, *, source: str, delimiter: str, quoting: str, encoding: str
-) -> Iterator[tuple[int, int, list[str] | None, bool]]:
-    """``(start_line, end_line, row, unterminated)`` per csv record.
-
-    ``row`` is ``[]`` for a blank line and ``None`` for a record the csv module cannot
-    parse (a bare ``\\r`` in an unquoted field); ``unterminated`` is true when the record
-    ends on a last line without a newline (a file cut short).
-    """
-    csv.field_size_limit(_FIELD_SIZE_LIMIT)
-    state = LineState()
-    mode = csv.QUOTE_MINIMAL if quoting == "csv" else csv.QUOTE_NONE
-    reader = csv.reader(
-        iter_lines(path, source, encoding, state), delimiter=delimiter, quoting=mode, strict=False
-    )
-    end = 0
-    while True:
-        try:
-            row: list[str] | None = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:  # the reader resets at the next record, so carry on
-            row = None
-        start, end = end + 1, reader.line_num
-        yield start, end, row, state.unterminated
-
-
-def resolve_column(spec: str | int, names: list[str] | None, n_fields: int, *, source: str) -> int:
+def resolve_column(
+    spec: str | int, names: list[str] | None, n_fields: int, *, source: str, line: int | None = None
+) -> int:
     """Column spec -> 0-based index, or a DataError listing the columns found."""
     if isinstance(spec, bool) or not isinstance(spec, (str, int, np.integer)):
         raise InvalidArgumentTypeError(f"columns must be names (str) or 0-based indices (int), got {spec!r}")
@@ -189,16 +143,54 @@ def resolve_column(spec: str | int, names: list[str] | None, n_fields: int, *, s
             )
         if spec not in names:
             raise DataError(
-                f"missing column {spec!r}; columns found: {names}", source=source, column=spec
+                f"missing column {spec!r}; columns found: {names}", source=source, line=line, column=spec
             )
         return names.index(spec)
     spec = int(spec)
     if spec < 0 or spec >= n_fields:
         found = names if names is not None else f"{n_fields} unnamed fields (0..{n_fields - 1})"
         raise DataError(
-            f"column index {spec} out of range; columns found: {found}", source=source, column=spec
+            f"column index {spec} out of range; columns found: {found}",
+            source=source,
+            line=line,
+            column=spec,
         )
     return spec
+
+
+def refuse_duplicate_columns(
+    names: list[str], *, source: str, line: int | None = None, what: str = "header"
+) -> None:
+    """A column named twice is ambiguous (which one is meant?): refuse it, naming the column."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names):
+        if name in seen:
+            raise DataError(
+                f"column {name!r} appears twice in the {what} (positions {seen[name]} and {position}); "
+                "column names must be unique",
+                source=source,
+                line=line,
+                column=name,
+            )
+        seen[name] = position
+
+
+def _quote_problem(
+    raw: RawRecord, expected: int | None, column: str | int | None
+) -> tuple[str, str | int | None]:
+    """Message and column of a malformed record; the column goes in the message when it reads better."""
+    problem = raw.problem or "malformed record"
+    if expected is not None and problem.startswith("unclosed quote"):
+        # Fields parsed before the quote plus the open one: what a lenient reader would see.
+        got = (raw.field_index or 0) + 1
+        if got != expected:
+            span = f"record spans {raw.span}; " if raw.end > raw.start else ""
+            where = f" opened in column {column!r} on line {raw.start}" if column is not None else ""
+            detail = f"unclosed quote: the quoted field{where} never closes before the end of the file"
+            return f"expected {expected} fields, got {got} ({span}{detail})", None
+    if raw.end > raw.start:
+        problem += f" (record spans {raw.span}; only line {raw.start} is dropped)"
+    return problem, column
 
 
 def iter_delimited(
@@ -216,48 +208,105 @@ def iter_delimited(
     names: list[str] | None = None
     index: dict[str, int] | None = None
     expected = n_fields
-    for start, end, row, unterminated in csv_rows(
+    reader = DelimitedReader(
         path, source=source, delimiter=delimiter, quoting=quoting, encoding=encoding
-    ):
+    )
+
+    def column_of(field_index: int | None) -> str | int | None:
+        if field_index is not None and names is not None and field_index < len(names):
+            return names[field_index]
+        return field_index
+
+    for raw in reader:
+        row = raw.fields
         if row is not None and not row:
             continue  # blank line
-        span = f" (record spans lines {start}-{end}; unbalanced quote?)" if end > start else ""
         if header and names is None:
-            if row is None:
-                raise DataError("header line cannot be parsed", source=source, line=start)
+            if row is None or raw.end > raw.start:
+                problem = raw.problem or f"the header spans {raw.span} (a quoted line break)"
+                raise DataError(
+                    f"header line cannot be parsed: {problem}",
+                    source=source,
+                    line=raw.start,
+                    column=raw.field_index,
+                )
             names = list(row)
+            refuse_duplicate_columns(names, source=source, line=raw.start)
             expected = expected or len(names)
             index = {
-                r: resolve_column(c, names, expected, source=source) for r, c in roles.items()
+                r: resolve_column(c, names, expected, source=source, line=raw.start)
+                for r, c in roles.items()
             }
             continue
         if row is None:
-            yield Record(
-                start,
-                None,
-                str(start),
-                error=f"line cannot be parsed as {delimiter!r}-delimited text",
-            )
+            message, column = _quote_problem(raw, expected, column_of(raw.field_index))
+            yield Record(raw.start, None, str(raw.start), error=message, column=column)
             continue
         if expected is None:
             expected = len(row)  # header=False: the first row fixes the field count
         if index is None:
-            index = {r: resolve_column(c, None, expected, source=source) for r, c in roles.items()}
+            index = {
+                r: resolve_column(c, None, expected, source=source, line=raw.start)
+                for r, c in roles.items()
+            }
         if len(row) != expected and not (allow_extra_fields and len(row) > expected):
+            span = ""
+            if raw.end > raw.start:
+                # A quoted line break that gives the wrong field count is a stray quote,
+                # not a text with a line break: keep the lines after the first.
+                reader.reread_after_first_line(raw)
+                span = f" (record spans {raw.span}; unbalanced quote? only line {raw.start} is dropped)"
             tail = (
                 " - the file ends here without a newline, so it looks truncated"
-                if unterminated
+                if raw.unterminated and raw.end == raw.start
                 else ""
             )
             yield Record(
-                start,
+                raw.start,
                 None,
-                str(start),
+                str(raw.start),
                 error=f"expected {expected} fields, got {len(row)}{span}{tail}",
                 fields=row,
             )
             continue
-        yield Record(start, {r: row[i] for r, i in index.items()}, str(start))
+        yield Record(
+            raw.start,
+            {r: row[i] for r, i in index.items()},
+            str(raw.start),
+            end=raw.end if raw.end > raw.start else None,
+        )
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+# Python's json accepts "\ud800" and returns a str that cannot be written as UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _parse_json_line(text: str, truncated: bool) -> tuple[Any, str | None, str | None]:
+    """``(object, error, column)`` for one JSON Lines line."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys), None, None
+    except json.JSONDecodeError as exc:
+        tail = " (the file ends here without a newline, so it looks truncated)" if truncated else ""
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno}{tail}", None
+    except _DuplicateKey as dup:
+        return None, f"duplicate key {dup.key!r} in a JSON object; keys must be unique", dup.key
+    except RecursionError:
+        return None, "JSON nested too deeply to read", None
 
 
 def iter_jsonl(
@@ -272,17 +321,9 @@ def iter_jsonl(
         line = state.line
         if not text.strip():
             continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            tail = (
-                " (the file ends here without a newline, so it looks truncated)"
-                if state.unterminated
-                else ""
-            )
-            yield Record(
-                line, None, str(line), error=f"invalid JSON: {exc.msg} at column {exc.colno}{tail}"
-            )
+        obj, error, column = _parse_json_line(text, state.unterminated)
+        if error is not None:
+            yield Record(line, None, str(line), error=error, column=column)
             continue
         if not isinstance(obj, dict):
             yield Record(
@@ -305,10 +346,26 @@ def iter_jsonl(
                 line, None, str(line), error=f"missing key {missing[0]!r}", column=missing[0]
             )
             continue
+        surrogate = next(
+            (c for c in roles.values() if isinstance(obj[c], str) and _LONE_SURROGATE.search(obj[c])),
+            None,
+        )
+        if surrogate is not None:
+            found = _LONE_SURROGATE.search(obj[surrogate]).group()  # type: ignore[union-attr]
+            yield Record(
+                line,
+                None,
+                str(line),
+                error=f"string holds a lone surrogate {found.encode('unicode_escape').decode()} "
+                "(not valid Unicode text)",
+                column=surrogate,
+            )
+            continue
         yield Record(line, {r: obj[c] for r, c in roles.items()}, str(line))
 
 
 def table_columns(names: list[str], roles: dict[str, str | int], source: str) -> dict[str, str]:
+    refuse_duplicate_columns(names, source=source, what="table's columns")
     return {
         r: names[resolve_column(c, names, len(names), source=source)] for r, c in roles.items()
     }
@@ -332,16 +389,20 @@ def read_parquet(
                 target: Any = pa.BufferReader(fh.read())
         else:
             target = str(path)
-        pf = pq.ParquetFile(target)
+        # Pages written with checksums are verified; files without them read as before.
+        pf = pq.ParquetFile(target, page_checksum_verification=True)
         role_names = table_columns(list(pf.schema_arrow.names), roles, source)
         table = pf.read(columns=list(dict.fromkeys(role_names.values())))
+        # Converting is decoding too (a damaged page or bad UTF-8 surfaces here): keep it guarded.
+        columns = {c: table.column(c).to_pylist() for c in table.column_names}
     except DataError:
         raise
-    except (pa.ArrowException, OSError, EOFError, zlib.error) as exc:
+    except (pa.ArrowException, OSError, EOFError, zlib.error, ValueError, KeyError, IndexError) as exc:
+        # ValueError covers UnicodeDecodeError; KeyError/IndexError a schema that lies.
         raise DataError(
             f"cannot read parquet ({type(exc).__name__}: {exc})", source=source
         ) from None
-    return {c: table.column(c).to_pylist() for c in table.column_names}, role_names
+    return columns, role_names
 
 
 def dataset_columns(
@@ -425,6 +486,10 @@ def first_row(
     if delimiter is None:
         delimiter = "\t" if "\t" in first or "," not in first else ","
     mode = csv.QUOTE_MINIMAL if quoting == "csv" else csv.QUOTE_NONE
-    row = next(csv.reader([first], delimiter=delimiter, quoting=mode), [])
+    csv.field_size_limit(_FIELD_SIZE_LIMIT)
+    try:
+        row = next(csv.reader([first], delimiter=delimiter, quoting=mode), [])
+    except csv.Error:  # only sniffing here: the strict reader reports the line itself
+        row = first.rstrip("\r\n").split(delimiter)
     return [f.strip() for f in row], delimiter
 

@@ -41,7 +41,8 @@ import numpy as np
 from metric_sim.errors import ConfigError
 from metric_sim.items import describe_item, item_id
 from metric_sim.layout import CONFIG_FILE, FORMAT_VERSION
-from metric_sim.storage import read_json_object, write_json_atomic
+from metric_sim.schema import SavedFields, read_json_file
+from metric_sim.storage import write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 
 # metric_sim.json files written before encoders recorded their kind hold a transformers encoder.
 LEGACY_KIND = "transformers"
+# The kinds that pool token states (the transformers encoder and its ONNX export), and their modes.
+TEXT_KINDS = ("transformers", "onnx")
+TEXT_POOLING_MODES = ("mean", "cls", "max")
 
 
 class ItemEncoder(ABC):
@@ -136,12 +140,33 @@ class TrainableEncoder(ItemEncoder):
         what frozen-encoder training embeds once and caches."""
 
 
+def check_model_config(payload: Any, config_file: Path) -> None:
+    """Refuse a ``metric_sim.json`` whose format or encoder settings are damaged (``ConfigError`` naming the field).
+
+    The shared settings every built-in kind reads (``kind``, ``pooling``, ``normalize``,
+    ``max_length``, ``projection``) are checked here; an implementation checks its own others.
+    """
+    fields = SavedFields(payload, config_file, ConfigError)
+    fields.get("format_version", int, required=False, choices=(FORMAT_VERSION,))
+    encoder = fields.section("encoder", required=False)
+    if encoder is None:
+        return
+    kind = encoder.get("kind", str, required=False, default=LEGACY_KIND)
+    encoder.get("pooling", str, required=False, choices=TEXT_POOLING_MODES if kind in TEXT_KINDS else None)
+    encoder.get("normalize", bool, required=False)
+    encoder.get("max_length", int, required=False, minimum=1)
+    projection = encoder.section("projection", required=False, nullable=True)
+    if projection is not None:
+        projection.get("in_features", int, minimum=1)
+        projection.get("out_features", int, minimum=1)
+        projection.get("bias", bool, required=False)
+
+
 def read_encoder_settings(source: ModelSource) -> dict[str, Any]:
-    """The ``encoder`` section of the source's ``metric_sim.json`` (empty when it has none)."""
+    """The ``encoder`` section of the source's ``metric_sim.json`` (empty when it has none), once it validates."""
     config_file = source.config_file
     if config_file is None:
         return {}
-    settings = read_json_object(config_file).get("encoder", {})
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{config_file}: 'encoder' must be an object, got {type(settings).__name__}")
-    return dict(settings)
+    payload = read_json_file(config_file, ConfigError)
+    check_model_config(payload, config_file)
+    return dict(payload.get("encoder", {}))

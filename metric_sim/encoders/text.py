@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metric_sim.encoders.base import TrainableEncoder, read_encoder_settings
+from metric_sim.encoders.base import TEXT_POOLING_MODES, TrainableEncoder, read_encoder_settings
 from metric_sim.encoders.batching import encode_sorted_batches, token_counts
 from metric_sim.errors import EncoderLoadError, InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.layout import (
@@ -34,7 +34,7 @@ from metric_sim.validation import require_choice, require_positive_int, require_
 
 logger = logging.getLogger(__name__)
 
-POOLING_MODES = ("mean", "cls", "max")
+POOLING_MODES = TEXT_POOLING_MODES
 # Config entries that change on save/load without changing the function the model computes.
 _VOLATILE_CONFIG_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "name_or_path"}
 

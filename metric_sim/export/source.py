@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metric_sim.errors import ExportError
+from metric_sim.encoders.base import check_model_config
+from metric_sim.errors import ConfigError, ExportError
 from metric_sim.layout import (
     CONFIG_FILE,
     DEFAULT_MODEL,
@@ -20,7 +21,8 @@ from metric_sim.layout import (
     default_model_path,
     resolve_model_source,
 )
-from metric_sim.storage import package_versions, read_json
+from metric_sim.schema import SavedFields, read_json_file
+from metric_sim.storage import package_versions
 
 # The encoder kind (``encoder.kind`` in metric_sim.json) an export can write: a transformers text encoder.
 EXPORTABLE_KIND = "transformers"
@@ -48,12 +50,37 @@ def not_exportable(where: str | os.PathLike[str], kind: str) -> ExportError:
 
 
 def _saved_encoder_kind(model_dir: Path) -> str | None:
-    """``encoder.kind`` of the folder's metric_sim.json; None when absent or unreadable (the loader reports that)."""
-    try:
-        encoder = read_json(model_dir / CONFIG_FILE).get("encoder")
-    except (OSError, ValueError, AttributeError):
+    """``encoder.kind`` of the folder's metric_sim.json (None without one); a damaged file is a ``ConfigError``."""
+    config_file = model_dir / CONFIG_FILE
+    if not config_file.is_file():
         return None
+    payload = read_json_file(config_file, ConfigError)
+    check_model_config(payload, config_file)
+    encoder = payload.get("encoder")
     return encoder.get("kind") if isinstance(encoder, dict) else None
+
+
+def read_train_config(path: Path) -> dict[str, Any]:
+    """A run's ``train_config.json``: an object whose ``run`` section, when present, is an object."""
+    payload = read_json_file(path, ConfigError)
+    SavedFields(payload, path, ConfigError).section("run", required=False)
+    return payload
+
+
+def read_run_metrics(path: Path) -> dict[str, Any]:
+    """A run's ``metrics.json``: ``metric`` (a name) and one object of scalar figures per split."""
+    payload = read_json_file(path, ConfigError)
+    fields = SavedFields(payload, path, ConfigError)
+    for name in payload:
+        if name == "metric":
+            fields.get(name, str)
+            continue
+        split = fields.section(name)
+        assert split is not None
+        for figure, value in split.payload.items():
+            if isinstance(value, (dict, list)):
+                split.fail(figure, f"must be a number, a string or null, got {type(value).__name__}")
+    return payload
 
 
 def resolve_source(source: str | os.PathLike[str]) -> ExportSource:
@@ -79,8 +106,8 @@ def resolve_source(source: str | os.PathLike[str]) -> ExportSource:
     if resolved.run_dir is None:
         return ExportSource(model_dir=model_dir)
     run_dir = resolved.run_dir
-    train_config = read_json(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else None
-    metrics = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else None
+    train_config = read_train_config(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else None
+    metrics = read_run_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else None
     return ExportSource(model_dir=model_dir, run_dir=run_dir, train_config=train_config, metrics=metrics)
 
 

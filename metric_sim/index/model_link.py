@@ -56,12 +56,23 @@ def check_model(model: SimilarityModel, metric: Metric, dim: int, *, where: str)
 
 
 def check_fingerprint(model: SimilarityModel, recorded: str | None, *, where: str) -> None:
-    """Refuse a model whose encoder is not the one that embedded the stored vectors."""
+    """Refuse a model whose encoder is not the one that embedded the stored vectors.
+
+    An index saved without a fingerprint (built from vectors, with no model) cannot tell
+    which encoder made them, so no model is accepted for it: a wrong one would go unnoticed.
+    """
+    if not isinstance(recorded, str) or not recorded:
+        raise IndexLoadError(
+            f"{METADATA_FILE} records no encoder_fingerprint (got {recorded!r}): the index was saved without a "
+            f"model, so nothing shows that {where} is the encoder that embedded its vectors. Load it without a "
+            "model (NeighborIndex.load(folder, load_model=False)) and query with search_embeddings, or rebuild "
+            "it with this model (NeighborIndex.build, or from_embeddings(..., model=model))"
+        )
     fingerprint = model.encoder.fingerprint()
-    if recorded is not None and fingerprint != recorded:
+    if fingerprint != recorded:
         raise IndexLoadError(
             f"{where} is a different encoder from the one that built this index (fingerprint {fingerprint[:12]}... "
-            f"vs {recorded[:12]}...): its query vectors would find wrong neighbours. "
+            f"vs {recorded[:12]}... recorded in {METADATA_FILE}): its query vectors would find wrong neighbours. "
             "Rebuild the index with this model, or load the original model"
         )
 

@@ -4,11 +4,17 @@
 and ``metadata.json`` (dim, metric, kind, params, encoder fingerprint, calibrator, count,
 versions, size + sha256 of both data files) are written into a temporary folder that is
 renamed into place. Loading checks all of it and refuses on any mismatch, naming it.
+
+``metadata.json`` is validated field by field (:func:`validate_metadata`) and sealed
+with ``metadata_sha256`` (:mod:`metric_sim.schema`). The seal is verified last
+(:func:`check_store_matches`), after the checks that can say *what* disagrees with the
+data files: it then catches an edit that every other check lets through (another
+encoder fingerprint, calibrator or model path). Folders saved before the seal existed
+have none and load once their fields validate.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,18 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from metric_sim.distances import faiss_metric
-from metric_sim.errors import IndexLoadError, MissingFileError, TargetExistsError
+from metric_sim.distances import Metric, faiss_metric
+from metric_sim.errors import IndexConfigError, IndexLoadError, MissingFileError, TargetExistsError
+from metric_sim.index.kinds import INDEX_KINDS, resolve_params
 from metric_sim.index.store import ItemStore
 from metric_sim.index.vectors import FaissVectors, faiss_class_of_kind, stored_keys
 from metric_sim.layout import INDEX_FILE, METADATA_FILE, STORE_FILE
-from metric_sim.storage import (
-    atomic_dir,
-    package_versions,
-    read_json,
-    sha256_file,
-    write_json_atomic,
+from metric_sim.model import saved_calibrator
+from metric_sim.schema import (
+    CHECKSUM_KEY,
+    SHA256_HEX,
+    SavedFields,
+    check_seal,
+    read_json_file,
+    seal,
 )
+from metric_sim.storage import atomic_dir, package_versions, sha256_file, write_json_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,12 +47,19 @@ __all__ = [
     "library_versions",
     "read_faiss_index",
     "read_metadata",
+    "validate_metadata",
+    "verify_metadata_seal",
     "write_index_folder",
 ]
 
 FORMAT_VERSION = 1  # of metadata.json
-_REQUIRED_KEYS = ("kind", "params", "metric", "dim", "count", "next_key", "files")
 _DATA_FILES = (INDEX_FILE, STORE_FILE)
+_FIELDS = ("format_version", "kind", "params", "metric", "dim", "count", "next_key", "max_sq_norm",
+           "encoder_fingerprint", "model_path", "calibrator", "files", "versions", "created", CHECKSUM_KEY)
+_SEAL_REMEDY = (
+    "If you edited it on purpose, delete its metadata_sha256 entry to accept the edit "
+    "(every other field is still checked); otherwise rebuild the index"
+)
 
 
 def check_save_target(directory: str | os.PathLike[str]) -> Path:
@@ -104,12 +121,15 @@ def write_index_folder(
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_json_atomic(staging / METADATA_FILE, metadata)
+        write_json_atomic(staging / METADATA_FILE, seal(metadata))
     return target
 
 
 def read_metadata(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """(folder, its metadata) once the metadata is whole and both data files match their checksums."""
+    """(folder, its metadata) once every field validates and both data files match their checksums.
+
+    The metadata's own seal is verified by :func:`check_store_matches`, the last check of a load.
+    """
     folder = Path(directory).expanduser()
     if not folder.is_dir():
         raise MissingFileError(f"index folder not found: {folder}")
@@ -117,30 +137,73 @@ def read_metadata(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, An
     if not meta_file.is_file():
         raise IndexLoadError(f"{folder} is not a saved NeighborIndex: {METADATA_FILE} is missing")
     try:
-        meta = read_json(meta_file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexLoadError(f"{meta_file} is not valid JSON ({exc}); the index folder is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
-        raise IndexLoadError(f"{meta_file}: format_version must be {FORMAT_VERSION}, got {got!r}")
-    missing = [key for key in _REQUIRED_KEYS if key not in meta]
-    if missing:
-        raise IndexLoadError(f"{meta_file} is missing {missing}; the index folder is damaged")
+        meta = read_json_file(meta_file, IndexLoadError)
+    except IndexLoadError as exc:
+        raise IndexLoadError(f"{exc}; the index folder is damaged") from None
+    validate_metadata(meta, meta_file)
     for name in _DATA_FILES:
         path = folder / name
-        expected = meta["files"].get(name, {})
+        expected = meta["files"][name]
         if not path.is_file():
             raise IndexLoadError(f"{path} is missing; the index folder is incomplete")
         size = path.stat().st_size
-        if size != expected.get("size"):
+        if size != expected["size"]:
             raise IndexLoadError(
-                f"{path} has {size} bytes, expected {expected.get('size')}: the file is truncated or was replaced"
+                f"{path} has {size} bytes, but {METADATA_FILE} says {expected['size']}: the file is truncated or was "
+                f"replaced (or {METADATA_FILE} is damaged)"
             )
-        if sha256_file(path) != expected.get("sha256"):
+        if sha256_file(path) != expected["sha256"]:
             raise IndexLoadError(
                 f"{path} does not match the checksum in {METADATA_FILE}: the file is corrupted or was modified"
             )
     return folder, meta
+
+
+def validate_metadata(meta: Any, meta_file: Path) -> dict[str, Any]:
+    """``meta`` once every field ``NeighborIndex.load`` reads has the right type and a coherent value.
+
+    Anything else is an :class:`IndexLoadError` naming ``meta_file`` and the field.
+    """
+    fields = SavedFields(meta, meta_file, IndexLoadError)
+    fields.get("format_version", int, choices=(FORMAT_VERSION,))
+    fields.refuse_unknown(_FIELDS)
+    metric = Metric.parse(fields.get("metric", str, choices=[m.value for m in Metric]))
+    kind = fields.get("kind", str, choices=INDEX_KINDS)
+    params = fields.section("params")
+    assert params is not None
+    for name in params.payload:
+        params.get(name, int, nullable=True, minimum=1)
+    try:
+        resolve_params(kind, {}, params.payload)
+    except IndexConfigError as exc:
+        fields.fail("params", f"do not fit kind {kind!r}: {exc}")
+    fields.get("dim", int, minimum=1)
+    count = fields.get("count", int, minimum=0)
+    next_key = fields.get("next_key", int, minimum=0)
+    if next_key < count:  # keys are 0, 1, ... and never reused
+        fields.fail("next_key", f"must be at least count ({count}), got {next_key}")
+    fields.get("max_sq_norm", float, required=False, minimum=0)
+    fields.get("encoder_fingerprint", str, required=False, nullable=True)
+    fields.get("model_path", str, required=False, nullable=True)
+    saved_calibrator(fields, "calibrator", metric, owner="the index")
+    files = fields.section("files")
+    assert files is not None
+    for name in _DATA_FILES:
+        entry = files.section(name)
+        assert entry is not None
+        entry.get("size", int, minimum=0)
+        entry.get("sha256", str, pattern=SHA256_HEX)
+    versions = fields.section("versions", required=False)
+    for name in versions.payload if versions is not None else ():
+        versions.get(name, str)
+    fields.get("created", str, required=False)
+    return meta
+
+
+def verify_metadata_seal(folder: Path) -> None:
+    """Refuse a ``metadata.json`` whose ``metadata_sha256`` does not match its content (no seal: legacy, accepted)."""
+    meta_file = folder / METADATA_FILE
+    check_seal(read_json_file(meta_file, IndexLoadError), meta_file, IndexLoadError, _SEAL_REMEDY)
 
 
 def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) -> Any:
@@ -161,7 +224,7 @@ def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) 
         raise IndexLoadError(
             f"{where} uses FAISS metric {loaded.metric_type}, but {METADATA_FILE} says {vectors.metric.value!r} (FAISS metric {expected_metric})"
         )
-    if loaded.ntotal != int(meta["count"]):
+    if loaded.ntotal != meta["count"]:
         raise IndexLoadError(f"{where} holds {loaded.ntotal} vectors, but {METADATA_FILE} says {meta['count']}")
     inner = faiss.downcast_index(loaded.index) if isinstance(loaded, faiss.IndexIDMap2) else loaded
     if not isinstance(inner, faiss_class_of_kind(vectors.kind)):
@@ -176,9 +239,13 @@ def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) 
 
 
 def check_store_matches(store: ItemStore, index: Any, path: Path) -> None:
-    """Refuse a store whose keys are not exactly the keys of the FAISS index."""
+    """Refuse a store whose keys are not exactly the keys of the FAISS index, then verify the metadata's seal.
+
+    The last check of a load (``path`` is the folder's ``store.sqlite``): see the module docstring.
+    """
     keys = store.keys()
     if keys.size and (
         keys.max() >= store.next_key or not np.array_equal(np.sort(stored_keys(index)), np.sort(keys))
     ):
         raise IndexLoadError(f"the ids in {path} do not match the vectors in {INDEX_FILE}")
+    verify_metadata_seal(path.parent)

@@ -30,7 +30,10 @@ The work folder
 
 Each file is written under a temporary name and renamed; the manifest comes last, so
 a shard without one (or whose ``.npy`` does not match it) was interrupted and is
-encoded again. A work folder or shard made from a different corpus, model, batch or
+encoded again. ``plan.json`` and the manifests are sealed with ``metadata_sha256``
+(:mod:`metric_sim.schema`) and every field is type-checked on reading: a damaged
+manifest means "encode this shard again", a damaged ``plan.json`` is a
+:class:`ShardError` naming it (folders written before the seal load unsealed). A work folder or shard made from a different corpus, model, batch or
 shard size is refused with a :class:`ShardError`, never mixed in. With several
 machines the work folder must be on a filesystem they all see.
 
@@ -42,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -63,7 +65,15 @@ from metric_sim.index.persistence import check_save_target
 from metric_sim.items import describe_item
 from metric_sim.layout import PLAN_FILE, shard_files
 from metric_sim.model import SimilarityModel
-from metric_sim.storage import atomic_file, read_json, sha256_file, write_json_atomic
+from metric_sim.schema import (
+    CHECKSUM_KEY,
+    SHA256_HEX,
+    SavedFields,
+    check_seal,
+    read_json_file,
+    seal,
+)
+from metric_sim.storage import atomic_file, sha256_file, write_json_atomic
 from metric_sim.validation import require_positive_int
 
 logger = logging.getLogger(__name__)
@@ -88,6 +98,13 @@ SHARD_SIZE = 8192  # items per shard: minutes of work on a CPU, seconds on a GPU
 FORMAT_VERSION = 1
 _PLAN_KEYS = ("format_version", "n_texts", "n_shards", "batch_size", "shard_size", "max_length", "dim",
               "corpus_fingerprint", "model_fingerprint", "order_sha256")
+# Smallest value of each integer field of plan.json and the manifests.
+_MINIMUM = {"n_texts": 1, "n_shards": 1, "batch_size": 1, "shard_size": 1, "max_length": 0, "dim": 1,
+            "shard": 0, "start": 0, "stop": 0, "size": 0}
+_DIGESTS = ("corpus_fingerprint", "order_sha256", "rows_sha256", "sha256")
+# Informational fields, written but never read back.
+_PLAN_EXTRA = ("created", CHECKSUM_KEY)
+_MANIFEST_EXTRA = ("file", "size", "sha256", "seconds", "rank", "host", CHECKSUM_KEY)
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -176,6 +193,26 @@ def _mismatch(expected: dict[str, Any], found: dict[str, Any], keys: Sequence[st
     return [f"{key} {found.get(key)!r} (now {expected[key]!r})" for key in keys if found.get(key) != expected[key]]
 
 
+def _read_checked(path: Path, keys: Sequence[str], extra: Sequence[str]) -> dict[str, Any]:
+    """plan.json or a manifest, once its seal (if any) and the type of each of ``keys`` check out.
+
+    Fields outside ``keys`` and ``extra`` are refused. Anything else is a :class:`ShardError`
+    naming the file and the field.
+    """
+    payload = read_json_file(path, ShardError)
+    fields = SavedFields(payload, path, ShardError)
+    fields.refuse_unknown([*keys, *extra])
+    for key in keys:
+        if key == "format_version":
+            fields.get(key, int, choices=(FORMAT_VERSION,))
+        elif key in _MINIMUM:
+            fields.get(key, int, minimum=_MINIMUM[key])
+        else:
+            fields.get(key, str, pattern=SHA256_HEX if key in _DIGESTS else None)
+    check_seal(payload, path, ShardError)
+    return payload
+
+
 def _shard_manifest(plan: ShardPlan, shard: int) -> dict[str, Any]:
     rows = plan.rows(shard)
     return {
@@ -203,12 +240,12 @@ def _shard_is_complete(work_dir: Path, plan: ShardPlan, shard: int) -> bool:
             logger.warning("shard %d: %s has no manifest (interrupted while writing): encoding it again",
                            shard, array_path.name)
         return False
-    try:
-        manifest = read_json(manifest_path)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        logger.warning("shard %d: unreadable manifest %s (%s): encoding it again", shard, manifest_path, exc)
-        return False
     expected = _shard_manifest(plan, shard)
+    try:
+        manifest = _read_checked(manifest_path, [*expected, "size", "sha256"], _MANIFEST_EXTRA)
+    except ShardError as exc:
+        logger.warning("shard %d: damaged manifest (%s): encoding it again", shard, exc)
+        return False
     differ = _mismatch(expected, manifest, list(expected))
     if differ:
         raise ShardError(
@@ -238,7 +275,7 @@ def _write_shard(work_dir: Path, plan: ShardPlan, shard: int, embeddings: np.nda
         "rank": rank,
         "host": platform.node(),
     }
-    write_json_atomic(manifest_path, manifest)  # last: its presence marks the shard complete
+    write_json_atomic(manifest_path, seal(manifest))  # last: its presence marks the shard complete
 
 
 def _open_work_dir(work_dir: Path, plan: ShardPlan) -> str | None:
@@ -247,18 +284,19 @@ def _open_work_dir(work_dir: Path, plan: ShardPlan) -> str | None:
     plan_path = work_dir / PLAN_FILE
     if plan_path.is_file():
         try:
-            found = read_json(plan_path)
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return f"{plan_path} is unreadable ({exc}); remove {work_dir} to start over"
+            found = _read_checked(plan_path, _PLAN_KEYS, _PLAN_EXTRA)
+        except ShardError as exc:
+            return f"{exc}; the work folder is damaged: remove {work_dir} (or pass another work folder) to start over"
         differ = _mismatch(described, found, _PLAN_KEYS)
         if differ:
-            return (f"the work folder {work_dir} holds shards of another corpus, model or plan: {'; '.join(differ)}. "
+            return (f"the work folder {work_dir} holds shards of another corpus, model or plan: {'; '.join(differ)} "
+                    f"(as recorded in {plan_path}). "
                     f"Refusing to mix them: remove it (or pass another work folder) to start over")
         return None
     if work_dir.exists() and (not work_dir.is_dir() or any(work_dir.iterdir())):
         return f"the work folder {work_dir} exists but has no {PLAN_FILE}: refusing to write shards into it"
     work_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_path, {**described, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    write_json_atomic(plan_path, seal({**described, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
     return None
 
 

@@ -1,23 +1,28 @@
 """The loss registry: one :class:`LossSpec` per loss name, carrying everything about that loss.
 
 An entry holds the kind of tuples the loss reads, its builder, its default parameters
-(in Euclidean units, and which of them scale with the metric), the counter of its
-usable tuples and the miners it accepts. Nothing else is keyed by loss name.
+(in Euclidean units, and which of them scale with the metric), the rule each parameter
+must follow, the counter of its usable tuples and the miners it accepts. Nothing else is
+keyed by loss name.
+
+:func:`validate_loss_params` is the one check of a loss's parameters: a training config
+runs it when it is built (before any data is read) and :func:`resolve_loss_params`, which
+every loss goes through, runs it again, so no path can skip it.
 
 Imports neither torch nor pytorch-metric-learning (they load when a loss is built or
-a tuple counted), so a training config can validate its loss name cheaply.
+a tuple counted), so a training config can validate its loss cheaply.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from metric_sim.distances import Metric
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
-from metric_sim.validation import require_choice
 
 if TYPE_CHECKING:
     from metric_sim.losses.tuples import IndicesTuple
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOSSES",
     "LossSpec",
+    "ParamRule",
     "build_miner",
     "count_usable",
     "default_loss_params",
@@ -32,6 +38,7 @@ __all__ = [
     "loss_spec",
     "manhattan_scale",
     "resolve_loss_params",
+    "validate_loss_params",
 ]
 
 
@@ -103,6 +110,31 @@ def build_miner(name: str | None, distance: Any, p: Mapping[str, Any]) -> Any:
 
 
 @dataclass(frozen=True)
+class ParamRule:
+    """What a numeric loss parameter accepts: a finite number ``> low`` (``>= low`` when ``inclusive``).
+
+    No upper bound: margins and temperatures are distances, and Manhattan distances (and
+    those of an unnormalised encoder) are many times the Euclidean ones of a unit sphere.
+    ``meaning`` is shown in error messages.
+    """
+
+    meaning: str
+    low: float = 0.0
+    inclusive: bool = False
+
+    def bound(self) -> str:
+        return f"{'>=' if self.inclusive else '>'} {self.low:g}"
+
+    def accepts(self, value: float) -> bool:
+        return value >= self.low if self.inclusive else value > self.low
+
+
+_POS_MARGIN = ParamRule("the distance below which similar pairs cost nothing", inclusive=True)
+_NEG_MARGIN = ParamRule("the distance dissimilar pairs are pushed beyond")
+_TEMPERATURE = ParamRule("the distance scale of the logits")
+
+
+@dataclass(frozen=True)
 class LossSpec:
     """One registry entry.
 
@@ -111,7 +143,9 @@ class LossSpec:
     ``count(indices_tuple)`` counts the tuples that give a non-trivial loss term;
     ``miners`` are the accepted values of the ``miner`` parameter (the first is the
     default). ``distance_params`` scale with the metric, ``inverse_params`` (weights
-    multiplying a distance) scale inversely, the rest do not.
+    multiplying a distance) scale inversely, the rest do not. ``rules`` hold the
+    :class:`ParamRule` of every numeric parameter, and ``ordered`` the pairs
+    ``(smaller, larger)`` that must stay strictly ordered.
     """
 
     name: str
@@ -124,6 +158,16 @@ class LossSpec:
     inverse_params: tuple[str, ...] = ()
     miners: tuple[str | None, ...] = (None,)
     no_tuple_hint: str = ""  # what to change when no batch gives a usable tuple
+    rules: Mapping[str, ParamRule] = field(default_factory=dict)
+    ordered: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # A new entry must say how each of its parameters is checked: no parameter goes unvalidated.
+        numeric = set(self.defaults) - {"miner"}
+        if set(self.rules) != numeric:
+            raise AssertionError(f"loss {self.name!r}: rules for {sorted(self.rules)}, parameters {sorted(numeric)}")
+        if self.defaults.get("miner") not in self.miners:
+            raise AssertionError(f"loss {self.name!r}: default miner {self.defaults.get('miner')!r} not in {self.miners}")
 
 
 _PAIR_COUNT_HINT = "needs at least two pairs per batch: increase batch_size."
@@ -140,6 +184,8 @@ LOSSES: dict[str, LossSpec] = {
             _count_pairs,
             distance_params=("pos_margin", "neg_margin"),
             no_tuple_hint="Contrastive loss " + _PAIR_COUNT_HINT,
+            rules={"pos_margin": _POS_MARGIN, "neg_margin": _NEG_MARGIN},
+            ordered=(("pos_margin", "neg_margin"),),
         ),
         LossSpec(
             "online_contrastive",
@@ -151,6 +197,8 @@ LOSSES: dict[str, LossSpec] = {
             distance_params=("pos_margin", "neg_margin"),
             miners=("hard_pairs", None),
             no_tuple_hint="Contrastive loss " + _PAIR_COUNT_HINT,
+            rules={"pos_margin": _POS_MARGIN, "neg_margin": _NEG_MARGIN},
+            ordered=(("pos_margin", "neg_margin"),),
         ),
         LossSpec(
             "triplet",
@@ -163,6 +211,8 @@ LOSSES: dict[str, LossSpec] = {
             miners=(None, "batch_hard", "triplet_margin"),
             no_tuple_hint="Triplets need an anchor with both a positive and a negative in one batch: use sampler: "
                           "cluster, a larger batch, or a pair loss (contrastive).",
+            rules={"margin": ParamRule("the distance gap wanted between positive and negative (also the "
+                                       "triplet_margin miner's)")},
         ),
         LossSpec(
             "multi_similarity",
@@ -175,6 +225,12 @@ LOSSES: dict[str, LossSpec] = {
             inverse_params=("alpha", "beta"),
             miners=(None, "multi_similarity"),
             no_tuple_hint="Multi-similarity loss " + _PAIR_COUNT_HINT,
+            rules={
+                "alpha": ParamRule("the weight of positive pairs per unit of distance"),
+                "beta": ParamRule("the weight of negative pairs per unit of distance"),
+                "base": ParamRule("the pivot distance between positives and negatives"),
+                "epsilon": ParamRule("the multi_similarity miner's distance margin"),
+            },
         ),
         LossSpec(
             "ntxent",
@@ -185,6 +241,7 @@ LOSSES: dict[str, LossSpec] = {
             _count_ntxent,
             distance_params=("temperature",),
             no_tuple_hint="NT-Xent needs positive pairs in the batch: does the data have duplicates (label 1)?",
+            rules={"temperature": _TEMPERATURE},
         ),
         LossSpec(
             "supcon",
@@ -195,6 +252,7 @@ LOSSES: dict[str, LossSpec] = {
             _count_supcon,
             distance_params=("temperature",),
             no_tuple_hint="SupCon needs positive and negative pairs in the batch.",
+            rules={"temperature": _TEMPERATURE},
         ),
     )
 }
@@ -234,27 +292,82 @@ def default_loss_params(name: str, metric: Metric | str, embedding_dim: int) -> 
     return params
 
 
+def validate_loss_params(
+    name: str, metric: Metric | str, params: Any, *, embedding_dim: int | None = None
+) -> dict[str, Any]:
+    """``params`` of loss ``name`` checked against its :class:`LossSpec`; numbers returned as floats.
+
+    Refuses an unknown loss or parameter, a miner the loss does not accept, a value that
+    is not a number (strings and booleans included), not finite or out of range, and an
+    ordered pair out of order (``pos_margin < neg_margin``), each message naming the loss,
+    the parameter, the value and what is valid. A parameter left out takes its default
+    for the comparison when the default is known without ``embedding_dim`` (any Euclidean
+    default, any zero); the rest is compared once ``embedding_dim`` is given.
+    """
+    spec = loss_spec(name)
+    metric = Metric.parse(metric)
+    if not isinstance(params, Mapping):
+        raise InvalidArgumentTypeError(
+            f"parameters of loss {spec.name!r} must be a mapping of parameter -> value, got {params!r}"
+        )
+    valid = sorted(spec.defaults)
+    unknown = sorted((key for key in params if key not in spec.defaults), key=repr)
+    if unknown:
+        raise InvalidArgumentError(f"unknown parameter(s) {unknown} for loss {spec.name!r}; valid: {valid}")
+    checked = {key: _checked_value(spec, metric, key, value) for key, value in params.items()}
+    for smaller, larger in spec.ordered:
+        low, high = (_known_value(spec, metric, embedding_dim, checked, key) for key in (smaller, larger))
+        if low is not None and high is not None and not low[0] < high[0]:
+            raise InvalidArgumentError(
+                f"loss {spec.name!r}: {smaller} must be smaller than {larger}, got {smaller}={_shown(*low)} "
+                f"and {larger}={_shown(*high)}"
+            )
+    return checked
+
+
+def _checked_value(spec: LossSpec, metric: Metric, key: str, value: Any) -> Any:
+    if key == "miner":
+        if value not in spec.miners:
+            raise InvalidArgumentError(
+                f"miner of loss {spec.name!r} must be one of {list(spec.miners)} (null: no miner), got {value!r}"
+            )
+        return value
+    rule = spec.rules[key]
+    units = f"in {metric.value} units" if key in spec.distance_params + spec.inverse_params else "a pure number"
+    where = f"loss {spec.name!r}: parameter {key!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentTypeError(
+            f"{where} must be a finite number, got {value!r} ({type(value).__name__}); it is {rule.meaning}, "
+            f"{rule.bound()} ({units})"
+        )
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{where} must be a finite number {rule.bound()}, got {value!r}")
+    if not rule.accepts(value):
+        raise InvalidArgumentError(f"{where} must be {rule.bound()}, got {value!r}; it is {rule.meaning} ({units})")
+    return float(value)
+
+
+def _shown(value: float, origin: str) -> str:
+    return repr(value) if origin == "given" else f"{value:.6g} ({origin})"
+
+
+def _known_value(
+    spec: LossSpec, metric: Metric, embedding_dim: int | None, checked: Mapping[str, Any], key: str
+) -> tuple[float, str] | None:
+    """``(value, note)`` of ``key``: the given one, or its default when it can be known; else None."""
+    if key in checked:
+        return checked[key], "given"
+    default = spec.defaults[key]
+    scaled = key in spec.distance_params + spec.inverse_params
+    if embedding_dim is not None or metric is Metric.EUCLIDEAN or not scaled or default == 0:
+        value = default_loss_params(spec.name, metric, embedding_dim or 1)[key]
+        return value, f"the {metric.value} default{'' if embedding_dim is None else f' for {embedding_dim} dims'}"
+    return None  # a Manhattan default depends on the embedding size: compared when the loss is built
+
+
 def resolve_loss_params(
     spec: LossSpec, metric: Metric, embedding_dim: int, params: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """The metric's defaults of ``spec`` overridden by ``params``, each value checked."""
-    resolved = default_loss_params(spec.name, metric, embedding_dim)
-    given = dict(params or {})
-    unknown = sorted(set(given) - set(resolved))
-    if unknown:
-        raise InvalidArgumentError(f"unknown parameter(s) {unknown} for loss {spec.name!r}; valid: {sorted(resolved)}")
-    for key, value in given.items():
-        if key == "miner":
-            require_choice(f"miner of loss {spec.name!r}", value, spec.miners)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidArgumentTypeError(f"loss parameter {key!r} must be a finite number, got {value!r}")
-        elif value < 0 or (value == 0 and key not in ("pos_margin",)):
-            raise InvalidArgumentError(
-                f"loss parameter {key!r} must be {'>= 0' if key == 'pos_margin' else '> 0'}, got {value!r}"
-            )
-        resolved[key] = value if key == "miner" else float(value)
-    if {"pos_margin", "neg_margin"} <= set(resolved) and resolved["pos_margin"] >= resolved["neg_margin"]:
-        raise InvalidArgumentError(
-            f"pos_margin must be smaller than neg_margin, got {resolved['pos_margin']} and {resolved['neg_margin']}"
-        )
-    return resolved
+    """The metric's defaults of ``spec`` overridden by ``params``, checked by :func:`validate_loss_params`."""
+    checked = validate_loss_params(spec.name, metric, params or {}, embedding_dim=embedding_dim)
+    return {**default_loss_params(spec.name, metric, embedding_dim), **checked}

@@ -1,12 +1,15 @@
 """``TrainConfig``: everything a training run needs, from a recipe YAML, ``--set`` overrides or a dict.
 
 Light on purpose: importing this module loads neither torch, transformers nor
-datasets (the CLI validates a recipe before any of them is needed).
+datasets (the CLI validates a recipe before any of them is needed). Every field is
+checked when the config is built, loss parameters included, so a bad recipe fails
+before any data is read or model loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -21,7 +24,7 @@ from metric_sim.errors import (
     InvalidArgumentTypeError,
     MissingFileError,
 )
-from metric_sim.losses.registry import list_losses
+from metric_sim.losses.registry import list_losses, validate_loss_params
 from metric_sim.validation import (
     require_choice,
     require_positive_float,
@@ -105,6 +108,8 @@ class TrainConfig:
         self._check_data_and_names()
         self._check_flags()
         self._check_numbers()
+        self._check_score_thresholds()
+        self._check_loss_params()
 
     def _check_data_and_names(self) -> None:
         if self.preset is None and self.train_file is None:
@@ -118,7 +123,10 @@ class TrainConfig:
         for name in ("model", "text_a", "text_b", "label", "lr_scheduler", "sampler", "loss"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise InvalidArgumentTypeError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        self.metric = Metric.parse(self.metric).value
+        try:
+            self.metric = Metric.parse(self.metric).value
+        except ValueError as exc:  # Metric.parse raises a bare ValueError
+            raise InvalidArgumentError(str(exc)) from None
         require_choice("loss", self.loss, list_losses())
         if not isinstance(self.loss_params, dict):
             raise InvalidArgumentTypeError(f"loss_params must be a mapping of parameter -> value, got {self.loss_params!r}")
@@ -129,15 +137,21 @@ class TrainConfig:
             from metric_sim.encoders.text import POOLING_MODES
 
             require_choice("pooling", self.pooling, POOLING_MODES)
-        if not isinstance(self.report_to, (str, list)):
-            raise InvalidArgumentTypeError(f"report_to must be a string or a list of strings, got {self.report_to!r}")
+        report_to = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        if not isinstance(report_to, list) or not all(isinstance(r, str) and r for r in report_to):
+            raise InvalidArgumentTypeError(
+                f"report_to must be a non-empty string or a list of them, got {self.report_to!r}"
+            )
 
     def _check_flags(self) -> None:
         if self.normalize is not None and not isinstance(self.normalize, bool):
-            raise InvalidArgumentTypeError(f"normalize must be true, false or null, got {self.normalize!r}")
+            hint = " (a string: write true, false or null without quotes)" if isinstance(self.normalize, str) else ""
+            raise InvalidArgumentTypeError(f"normalize must be true, false or null, got {self.normalize!r}{hint}")
         for name in ("freeze_encoder", "bf16", "fp16", "load_best_model_at_end", "zero_shot_eval"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidArgumentTypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                hint = " (a string: write true or false without quotes)" if isinstance(value, str) else ""
+                raise InvalidArgumentTypeError(f"{name} must be true or false, got {value!r}{hint}")
         if self.bf16 and self.fp16:
             raise InvalidArgumentError("bf16 and fp16 are exclusive: set at most one to true")
 
@@ -164,6 +178,43 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise InvalidArgumentTypeError(f"{name} must be a number or null, got {value!r}")
+            if value is not None and not math.isfinite(value):
+                raise InvalidArgumentError(f"{name} must be a finite number or null, got {value!r}")
+
+    def _check_score_thresholds(self) -> None:
+        # Only the score presets binarise a score; anywhere else the thresholds would be silently ignored.
+        given = {name: getattr(self, name) for name in ("score_low", "score_high") if getattr(self, name) is not None}
+        if not given:
+            return
+        defaults = None
+        if self.preset is not None:
+            from metric_sim.data import PRESETS  # already loaded by the preset check
+
+            defaults = PRESETS[self.preset].score_thresholds
+        if defaults is None:
+            source = f"preset {self.preset!r}" if self.preset is not None else "train_file (0/1 labels)"
+            shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
+            raise InvalidArgumentError(
+                f"score_low/score_high apply only to the score presets (stsb, sick), got {shown} with {source}"
+            )
+        low = defaults[0] if self.score_low is None else self.score_low
+        high = defaults[1] if self.score_high is None else self.score_high
+        if not low < high:
+            note = {name: " (the preset's default)" if getattr(self, name) is None else ""
+                    for name in ("score_low", "score_high")}
+            raise InvalidArgumentError(
+                f"score_low must be smaller than score_high, got score_low={low!r}{note['score_low']} "
+                f"and score_high={high!r}{note['score_high']}"
+            )
+
+    def _check_loss_params(self) -> None:
+        # The registry's check, run now rather than when train() builds the loss after loading data.
+        # The embedding size is known only with a projection head; without it a Manhattan default that
+        # scales with it is compared when the loss is built.
+        try:
+            validate_loss_params(self.loss, self.metric, self.loss_params, embedding_dim=self.projection_dim)
+        except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
+            raise ConfigError(f"loss_params: {exc}") from exc
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -182,9 +233,11 @@ class TrainConfig:
                 f"a training config must be a mapping of key -> value, got {type(payload).__name__}"
             )
         valid = cls.field_names()
-        unknown = sorted(set(payload) - set(valid))
+        unknown = sorted((key for key in payload if key not in valid), key=repr)
         if unknown:
             raise InvalidArgumentError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+        for key, value in payload.items():
+            _require_shallow(key, value)
         kwargs = {key: _coerce(key, _expand_env(key, value)) for key, value in payload.items()}
         return cls(**kwargs)
 
@@ -201,12 +254,20 @@ class TrainConfig:
         import yaml
 
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise MissingFileError(f"config file not found: {path}")
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a file: a config is a YAML file of key: value")
         try:
             payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text: byte {exc.start} cannot be decoded ({exc.reason})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a config: nested too deeply to read") from None
         if not isinstance(payload, dict):
             raise ConfigError(f"{path}: a config must be a YAML mapping of key: value, got {type(payload).__name__}")
         overrides = dict(overrides or {})
@@ -218,6 +279,36 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """The parser's message with its ``<unicode string>`` position written as line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc)
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
+def _require_shallow(key: str, value: Any) -> None:
+    """A config value is a scalar, a list of scalars or a mapping of scalars (loss_params).
+
+    Deeper values are refused before anything walks them: no config key takes one, and
+    YAML aliases can make a small file expand into an exponentially large nest.
+    """
+    children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
+    for child in children:
+        if isinstance(child, (Mapping, list)):
+            raise InvalidArgumentTypeError(
+                f"config key {key!r} holds a nested {type(child).__name__} ({_short(child)}); "
+                "its values must be plain numbers, strings, booleans or null"
+            )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -292,16 +383,25 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
+        if any(not part.strip() for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: the key {key!r} has an empty part (write e.g. loss_params.neg_margin=0.9)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            value = raw
+            value = raw  # not YAML: the text itself (e.g. a path with a colon)
+        except RecursionError:
+            raise ConfigError(f"--set {item!r}: the value is nested too deeply to read") from None
         target = out
-        parts = key.split(".")
+        parts = [part.strip() for part in key.split(".")]
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is set both as a value and as a mapping")
+        if isinstance(target.get(parts[-1]), dict) and not isinstance(value, dict):
+            # An earlier --set gave keys inside it: replacing them silently would drop them.
+            raise ConfigError(f"--set {item!r}: {parts[-1]!r} is set both as a value and as a mapping")
+        if isinstance(target.get(parts[-1]), dict) and isinstance(value, dict):
+            value = {**target[parts[-1]], **value}  # loss_params.x=1 then loss_params={y: 2}: keep both
         target[parts[-1]] = value
     return out
 

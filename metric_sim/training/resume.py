@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 from metric_sim.errors import ConfigError, InvalidArgumentTypeError, MissingFileError, TrainingError
 from metric_sim.layout import CHECKPOINT_DIR, MODEL_DIR, TRAIN_CONFIG_FILE
-from metric_sim.storage import read_json
+from metric_sim.schema import SavedFields, read_json_file
 from metric_sim.training.config import TrainConfig
 
 __all__ = ["checkpoint_step", "has_checkpoint", "last_complete_checkpoint", "resume_config", "start_or_resume"]
@@ -44,13 +43,12 @@ def resume_config(run_dir: Path, config: TrainConfig | None) -> TrainConfig:
     saved_file = run_dir / TRAIN_CONFIG_FILE
     if not saved_file.is_file():
         raise MissingFileError(f"--resume: {saved_file} not found; is {run_dir} a run folder?")
+    saved = read_json_file(saved_file, ConfigError)
+    SavedFields(saved, saved_file, ConfigError).section("run", required=False)  # the results of the run so far
     try:
-        saved = read_json(saved_file)
-        saved.pop("run", None)
-        saved_config = TrainConfig.from_dict(saved)
-    except (ValueError, TypeError, AttributeError) as exc:  # JSON errors are ValueErrors too
-        detail = f"not valid JSON ({exc})" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise ConfigError(f"{saved_file}: {detail}") from exc
+        saved_config = TrainConfig.from_dict({k: v for k, v in saved.items() if k != "run"})
+    except (ValueError, TypeError) as exc:  # InvalidArgument(Type)Error and ConfigError among them
+        raise ConfigError(f"{saved_file}: {exc}") from None
     if config is not None:
         ours, theirs = config.to_dict(), saved_config.to_dict()
         differ = sorted(k for k in ours if ours[k] != theirs[k])
