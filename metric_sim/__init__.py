@@ -97,6 +97,8 @@ _EXPORTS: dict[str, str] = {
     "pair_metrics": "metric_sim.metrics",
     "retrieval_metrics": "metric_sim.metrics",
     "symmetry_gap": "metric_sim.metrics",
+    "MinedNegatives": "metric_sim.mining",
+    "mine_hard_negatives": "metric_sim.mining",
     "PairEmbeddings": "metric_sim.model",
     "SimilarityModel": "metric_sim.model",
     "TrainConfig": "metric_sim.training.config",
@@ -130,6 +132,7 @@ __all__ = [
     "Metric",
     "MetricLoss",
     "MetricSimError",
+    "MinedNegatives",
     "MissingFileError",
     "NeighborIndex",
     "OnnxEncoder",
@@ -176,6 +179,7 @@ __all__ = [
     "load_encoder",
     "load_pairs",
     "load_preset",
+    "mine_hard_negatives",
     "pair_metrics",
     "paired_distances_numpy",
     "paired_distances_torch",
@@ -309,6 +313,10 @@ if TYPE_CHECKING:
         pair_metrics,
         retrieval_metrics,
         symmetry_gap,
+    )
+    from metric_sim.mining import (
+        MinedNegatives,
+        mine_hard_negatives,
     )
     from metric_sim.model import (
         PairEmbeddings,

@@ -39,9 +39,10 @@ RANKS = {
     "index": 7,
     "evaluation": 7,
     "export": 7,
-    "cli": 8,
-    "__main__": 9,
-    "__init__": 9,
+    "mining": 8,
+    "cli": 9,
+    "__main__": 10,
+    "__init__": 10,
 }
 # Old import paths kept for users: thin re-exports of the module that replaced them.
 COMPAT_SHIMS = {"encoder": "encoders", "onnx_backend": "encoders", "sharded": "index"}
