@@ -28,6 +28,7 @@ TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+HARD_NEGATIVES_FILE = "hard_negatives.tsv"  # mined negatives added to train (+ its .json sidecar)
 
 # neighbour index folder
 INDEX_FILE = "index.faiss"

@@ -35,14 +35,14 @@ RANKS = {
     "losses": 5,
     "metrics": 6,
     "model": 6,
-    "training": 7,
     "index": 7,
     "evaluation": 7,
     "export": 7,
     "mining": 8,
-    "cli": 9,
-    "__main__": 10,
-    "__init__": 10,
+    "training": 9,
+    "cli": 10,
+    "__main__": 11,
+    "__init__": 11,
 }
 # Old import paths kept for users: thin re-exports of the module that replaced them.
 COMPAT_SHIMS = {"encoder": "encoders", "onnx_backend": "encoders", "sharded": "index"}

@@ -32,11 +32,15 @@ from metric_sim.validation import (
     require_probability,
 )
 
-__all__ = ["LR_SCHEDULERS", "SAMPLERS", "TrainConfig", "merge_overrides", "parse_overrides"]
+__all__ = ["HARD_NEGATIVE_KEYS", "LR_SCHEDULERS", "SAMPLERS", "TrainConfig", "merge_overrides", "parse_overrides"]
 
 SAMPLERS = ("auto", "random", "length", "cluster")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The mining options a ``hard_negatives`` block may set (besides file / mine): named as in mine_hard_negatives.
+_MINING_KEYS = ("num_negatives", "range_min", "range_max", "relative_margin", "max_probability",
+                "sampling_strategy", "index_kind", "seed")
+HARD_NEGATIVE_KEYS = ("file", "mine", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
                  "epochs", "max_grad_norm"}
 
@@ -50,6 +54,12 @@ class TrainConfig:
     with the ``text_a``/``text_b``/``label`` columns. Without a dev split, ``dev_fraction``
     of the training pairs is held out by a leakage-free group split.
     Margins in ``loss_params`` are in units of ``metric`` (see :mod:`metric_sim.losses`).
+
+    ``hard_negatives`` adds mined label-0 pairs to the training pairs (never to dev): either
+    ``{file: PATH}``, negatives saved by ``metric-sim mine`` with the starting model, or
+    ``{mine: true, ...}`` with :func:`metric_sim.mining.mine_hard_negatives` options
+    (``num_negatives``, ``range_min``, ``range_max``, ``relative_margin``,
+    ``sampling_strategy``, ``index_kind``, ``seed``; ``seed`` defaults to the config's).
     """
 
     # data
@@ -103,6 +113,8 @@ class TrainConfig:
     logging_steps: int = 10
     report_to: str | list[str] = "none"
     dataloader_num_workers: int = 0
+    # hard negatives mined on the training pairs
+    hard_negatives: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -110,6 +122,8 @@ class TrainConfig:
         self._check_numbers()
         self._check_score_thresholds()
         self._check_loss_params()
+        if self.hard_negatives is not None:
+            check_hard_negatives(self.hard_negatives, self.metric, self.seed)
 
     def _check_data_and_names(self) -> None:
         if self.preset is None and self.train_file is None:
@@ -279,6 +293,55 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def check_hard_negatives(block: Any, metric: str, seed: int) -> dict[str, Any]:
+    """A ``hard_negatives`` block checked (``ConfigError`` naming ``hard_negatives.<key>`` and the value).
+
+    Returns the :class:`~metric_sim.mining.MiningOptions` fields for ``mine: true`` (``seed``
+    filled in from the config), or an empty dict for ``file``.
+    """
+    if not isinstance(block, Mapping):
+        raise ConfigError(
+            f"hard_negatives must be a mapping (file: PATH, or mine: true with mining options), got {block!r}"
+        )
+    unknown = sorted((key for key in block if key not in HARD_NEGATIVE_KEYS), key=repr)
+    if unknown:
+        raise ConfigError(f"unknown hard_negatives key(s) {[f'hard_negatives.{k}' for k in unknown]}; "
+                          f"valid keys: {list(HARD_NEGATIVE_KEYS)}")
+    mine = block.get("mine", False)
+    if not isinstance(mine, bool):
+        hint = " (a string: write true or false without quotes)" if isinstance(mine, str) else ""
+        raise ConfigError(f"hard_negatives.mine must be true or false, got {mine!r}{hint}")
+    path = block.get("file")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise ConfigError(f"hard_negatives.file must be the path of a saved negatives TSV, got {path!r}")
+    if (path is not None) == mine:
+        raise ConfigError("hard_negatives needs exactly one of file (negatives saved by `metric-sim mine`) or "
+                          f"mine: true, got file={path!r} and mine={mine!r}")
+    given = {key: block[key] for key in _MINING_KEYS if key in block}
+    if path is not None:
+        if given:  # they would be silently ignored: the file was mined already
+            raise ConfigError(f"hard_negatives.{next(iter(given))} applies only with mine: true, not with file "
+                              f"(the file was mined with its own options), got {given}")
+        return {}
+    if given.get("max_probability") is not None:
+        raise ConfigError(f"hard_negatives.max_probability={given['max_probability']!r} needs a calibrated model, "
+                          "but mining before training uses the uncalibrated starting encoder: mine with "
+                          "`metric-sim mine` on a calibrated model and give its file, or leave it out")
+    # Mining's own checks (mining is light: numpy and the index kinds, no torch).
+    from metric_sim.index.kinds import parse_index_kind
+    from metric_sim.mining import MiningOptions
+
+    try:
+        options = MiningOptions.checked(**{"seed": seed, **given})
+    except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
+        raise ConfigError(f"hard_negatives.{exc}") from exc
+    try:
+        parse_index_kind(options.index_kind, metric)
+    except ValueError as exc:
+        raise ConfigError(f"hard_negatives.index_kind={options.index_kind!r}: {exc}") from exc
+    return options.to_dict()
 
 
 def _yaml_problem(exc: Exception) -> str:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from metric_sim.data import PairDataset, load_pairs, load_preset
-from metric_sim.errors import TrainingError
-from metric_sim.training.config import TrainConfig
+from metric_sim.data import COLUMNS, PairDataset, load_pairs, load_preset
+from metric_sim.distances import Metric
+from metric_sim.distributed import broadcast_object, is_main_process
+from metric_sim.encoders.base import ItemEncoder
+from metric_sim.errors import InvalidArgumentError, TrainingError
+from metric_sim.layout import HARD_NEGATIVES_FILE
+from metric_sim.mining import MinedNegatives, mine_hard_negatives
+from metric_sim.model import SimilarityModel
+from metric_sim.training.config import TrainConfig, check_hard_negatives
 
-__all__ = ["carve_dev", "load_training_data", "subsample"]
+__all__ = ["add_hard_negatives", "carve_dev", "load_training_data", "subsample"]
+
+logger = logging.getLogger(__name__)
 
 
 def load_training_data(config: TrainConfig) -> tuple[PairDataset, PairDataset]:
@@ -61,3 +75,77 @@ def subsample(data: PairDataset, limit: int | None, seed: int) -> PairDataset:
         return data
     rows = np.sort(np.random.default_rng(seed).choice(len(data), size=limit, replace=False))
     return data.select(rows)
+
+
+def add_hard_negatives(config: TrainConfig, train: PairDataset, dev: PairDataset, encoder: ItemEncoder,
+                       run_dir: Path, *, resume: bool = False) -> tuple[PairDataset, dict[str, Any] | None]:
+    """``train`` with the config's hard negatives appended as label-0 pairs, and what to record of them.
+
+    The negatives are mined on ``train`` alone with the starting ``encoder`` (no dev text can
+    leak in), or loaded from ``hard_negatives.file``, which must come from the same model and
+    metric. Rank 0 mines and writes ``RUN_DIR/hard_negatives.tsv``; every rank trains on the
+    same pairs. A resumed run reuses the negatives its folder holds.
+    """
+    block = config.hard_negatives
+    if block is None:
+        return train, None
+    metric = Metric.parse(config.metric)
+    saved = run_dir / HARD_NEGATIVES_FILE
+    source = "file" if block.get("file") is not None else "mined"
+    started = time.perf_counter()
+    reused = resume and saved.is_file()
+    if reused:  # the negatives the interrupted run trained on
+        mined = _load_matching(saved, encoder, metric)
+    elif source == "file":
+        mined = _load_matching(Path(block["file"]).expanduser(), encoder, metric)
+    else:
+        options = check_hard_negatives(block, config.metric, config.seed)
+        model = SimilarityModel(encoder, metric)
+        mined = broadcast_object(mine_hard_negatives(model, train, batch_size=config.eval_batch_size, **options)
+                                 if is_main_process() else None)
+    seconds = time.perf_counter() - started
+    _refuse_dev_texts(mined, train, dev)
+    try:
+        extra = mined.to_pairs()
+    except InvalidArgumentError as exc:
+        raise TrainingError(f"hard_negatives: {exc}") from None
+    if is_main_process() and not reused:
+        mined.save(saved)
+    logger.info("hard negatives (%s): %d label-0 pairs added to %d train pairs in %.1f s; saved to %s",
+                source, len(mined), len(train), seconds, saved)
+    record = {"source": source, "count": len(mined), "seconds": round(seconds, 2), "counts": dict(mined.counts)}
+    return concat_pairs(train, extra), record
+
+
+def concat_pairs(first: PairDataset, second: PairDataset) -> PairDataset:
+    """One PairDataset: ``first``'s pairs then ``second``'s (``first``'s report and column types)."""
+    import datasets
+
+    head = first.dataset.select_columns(list(COLUMNS))
+    tail = second.dataset.select_columns(list(COLUMNS)).cast(head.features)
+    return PairDataset(datasets.concatenate_datasets([head, tail]), report=copy.deepcopy(first.report))
+
+
+def _load_matching(path: Path, encoder: ItemEncoder, metric: Metric) -> MinedNegatives:
+    mined = MinedNegatives.load(path)
+    if mined.metric != metric.value:
+        raise TrainingError(f"hard_negatives.file {path}: mined with the {mined.metric} metric, but this run trains "
+                            f"on {metric.value}: mine again with the run's metric")
+    fingerprint = encoder.fingerprint()
+    if mined.model_fingerprint != fingerprint:
+        raise TrainingError(
+            f"hard_negatives.file {path}: mined with another model (fingerprint {mined.model_fingerprint}), not the "
+            f"model this run starts from ({fingerprint}): mine again with `metric-sim mine` on the starting model, "
+            "or use mine: true"
+        )
+    return mined
+
+
+def _refuse_dev_texts(mined: MinedNegatives, train: PairDataset, dev: PairDataset) -> None:
+    """Negatives are training pairs: a text only the dev split holds would leak dev into training."""
+    train_texts = set(train.texts_a) | set(train.texts_b)
+    dev_only = (set(dev.texts_a) | set(dev.texts_b)) - train_texts
+    leaked = [text for text in (*mined.anchor_texts, *mined.negative_texts) if text in dev_only]
+    if leaked:
+        raise TrainingError(f"hard_negatives: {len(leaked)} mined texts appear in the dev split and not in train "
+                            f"(e.g. {leaked[0]!r}): mine on the training pairs only")

@@ -4,7 +4,8 @@ A run folder (``train(config, out_dir=RUN_DIR)``)::
 
     RUN_DIR/train_config.json   resolved TrainConfig + "run" section
     RUN_DIR/model/              final SimilarityModel (calibrator fitted on dev)
-    RUN_DIR/metrics.json        {"dev": {...}, "zero_shot_dev": {...}}
+    RUN_DIR/metrics.json        {"dev": {...}, "zero_shot_dev": {...}, "hard_negatives": {...}}
+    RUN_DIR/hard_negatives.tsv  mined negatives added to train (+ .json sidecar), with hard_negatives
     RUN_DIR/checkpoints/        transformers.Trainer checkpoints
 
 The encoder is any :class:`~metric_sim.encoders.base.TrainableEncoder`: the run uses
@@ -46,7 +47,7 @@ from metric_sim.model import SimilarityModel
 from metric_sim.storage import package_versions, write_json_atomic
 from metric_sim.training.batches import PairCollator, PairRows, PreparedPairs, prepare_pairs
 from metric_sim.training.config import TrainConfig
-from metric_sim.training.data import load_training_data
+from metric_sim.training.data import add_hard_negatives, load_training_data
 from metric_sim.training.dev import DevEvaluator, calibrated_metrics
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
@@ -126,6 +127,11 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     if world > 1:
         logger.info("torchrun: %d processes (%s), %d pairs per rank per step, %d in all", world,
                     args.device.type, config.batch_size, config.batch_size * world)
+    if config.hard_negatives is not None:
+        encoder.to(args.device)  # mining embeds the train items with the starting encoder
+        train_data, hard_negatives = add_hard_negatives(config, train_data, dev_data, encoder, run_dir, resume=resume)
+    else:
+        hard_negatives = None
     torch.manual_seed(config.seed)
     pairs = prepare_pairs(train_data)
     evaluator = DevEvaluator(dev_data, metric, config.eval_batch_size)
@@ -158,7 +164,7 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     record = {
         "world_size": world, "train_pairs": len(pairs), "dev_pairs": len(dev_data), "sampler": plan.sampler,
         "loss_params_resolved": metric_loss.params, "batches_without_tuple": guard.total_empty,
-        "batches_all_easy": guard.total_easy, "resumed": resume,
+        "batches_all_easy": guard.total_easy, "resumed": resume, "hard_negatives": hard_negatives,
         "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()},
     } if is_main_process() else {}
     return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
@@ -301,7 +307,8 @@ def _finish(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, tra
     """Rank 0 calibrates, saves and writes the run files; every rank returns the same result."""
     shared: tuple[dict[str, Any], dict[str, Any] | None, float] | None = None
     if is_main_process():
-        metrics = finish_run(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot)
+        metrics = finish_run(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
+                             hard_negatives=record.get("hard_negatives"))
         wall = time.perf_counter() - started
         runtime = float(output_metrics.get("train_runtime", float("nan")))
         run = {
@@ -333,8 +340,9 @@ def _finish(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, tra
 
 def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, trainer: MetricTrainer,
                evaluator: DevEvaluator, dev_data: PairDataset, metric_loss: MetricLoss,
-               zero_shot: dict[str, Any]) -> dict[str, Any]:
-    """Calibrate ``similarity`` on dev, save it to ``RUN_DIR/model`` and write ``metrics.json``."""
+               zero_shot: dict[str, Any], *, hard_negatives: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Calibrate ``similarity`` on dev, save it to ``RUN_DIR/model`` and write ``metrics.json``
+    (with what ``hard_negatives`` records: source, count, seconds, when the run added some)."""
     metric = similarity.metric
     # Final model: the best checkpoint's weights (load_best_model_at_end), calibrated on dev.
     final_step = checkpoint_step(trainer.state.best_model_checkpoint) if config.load_best_model_at_end else None
@@ -360,6 +368,8 @@ def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, 
     metrics: dict[str, Any] = {"metric": metric.value, "dev": dev_metrics}
     if zero_shot:
         metrics["zero_shot_dev"] = zero_shot
+    if hard_negatives is not None:
+        metrics["hard_negatives"] = hard_negatives
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return metrics
 
