@@ -17,8 +17,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from metric_sim.errors import ConfigError
-
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks: the checksum saved folders record."""
@@ -45,19 +43,6 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A saved config file that must hold one JSON object; ``ConfigError`` naming the file otherwise."""
-    try:
-        payload = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    except RecursionError:  # deeply nested JSON: never a valid saved file
-        raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
-    if not isinstance(payload, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(payload).__name__}")
-    return payload
 
 
 def _umask() -> int:

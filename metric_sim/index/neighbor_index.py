@@ -285,6 +285,7 @@ class NeighborIndex:
         index._store = ItemStore.read_sqlite(folder / STORE_FILE, count=int(meta["count"]),
                                              next_key=int(meta["next_key"]))
         persistence.check_store_matches(index._store, index._vectors.index, folder / STORE_FILE)
+        persistence.verify_metadata_seal(meta, folder)  # last: the checks above say *what* disagrees
         index._attach_model(model, load_model)
         return index
 

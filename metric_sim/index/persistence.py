@@ -7,8 +7,8 @@ renamed into place. Loading checks all of it and refuses on any mismatch, naming
 
 ``metadata.json`` is validated field by field (:func:`validate_metadata`) and sealed
 with ``metadata_sha256`` (:mod:`metric_sim.schema`). The seal is verified last
-(:func:`check_store_matches`), after the checks that can say *what* disagrees with the
-data files: it then catches an edit that every other check lets through (another
+(:func:`verify_metadata_seal`, called by ``NeighborIndex.load`` after the store check), after
+the checks that can say *what* disagrees with the data files: it then catches an edit that every other check lets through (another
 encoder fingerprint, calibrator or model path). Folders saved before the seal existed
 have none and load once their fields validate.
 """
@@ -128,7 +128,7 @@ def write_index_folder(
 def read_metadata(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """(folder, its metadata) once every field validates and both data files match their checksums.
 
-    The metadata's own seal is verified by :func:`check_store_matches`, the last check of a load.
+    The metadata's own seal is verified by :func:`verify_metadata_seal`, the last check of a load.
     """
     folder = Path(directory).expanduser()
     if not folder.is_dir():
@@ -200,10 +200,10 @@ def validate_metadata(meta: Any, meta_file: Path) -> dict[str, Any]:
     return meta
 
 
-def verify_metadata_seal(folder: Path) -> None:
-    """Refuse a ``metadata.json`` whose ``metadata_sha256`` does not match its content (no seal: legacy, accepted)."""
-    meta_file = folder / METADATA_FILE
-    check_seal(read_json_file(meta_file, IndexLoadError), meta_file, IndexLoadError, _SEAL_REMEDY)
+def verify_metadata_seal(meta: dict[str, Any], folder: Path) -> None:
+    """Refuse metadata (as :func:`read_metadata` read it from ``folder``) whose ``metadata_sha256``
+    does not match its content (no seal: legacy, accepted)."""
+    check_seal(meta, folder / METADATA_FILE, IndexLoadError, _SEAL_REMEDY)
 
 
 def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) -> Any:
@@ -239,13 +239,9 @@ def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) 
 
 
 def check_store_matches(store: ItemStore, index: Any, path: Path) -> None:
-    """Refuse a store whose keys are not exactly the keys of the FAISS index, then verify the metadata's seal.
-
-    The last check of a load (``path`` is the folder's ``store.sqlite``): see the module docstring.
-    """
+    """Refuse a store (``path``: the folder's ``store.sqlite``) whose keys are not exactly the keys of the FAISS index."""
     keys = store.keys()
     if keys.size and (
         keys.max() >= store.next_key or not np.array_equal(np.sort(stored_keys(index)), np.sort(keys))
     ):
         raise IndexLoadError(f"the ids in {path} do not match the vectors in {INDEX_FILE}")
-    verify_metadata_seal(path.parent)
