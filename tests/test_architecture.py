@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "metric_sim"
 # own top-level subpackage (e.g. metric_sim.index.search -> metric_sim.index.results).
 RANKS = {
     "version": 0,
+    "lazy": 0,
     "errors": 0,
     "layout": 1,
     "storage": 1,

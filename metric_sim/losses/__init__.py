@@ -43,9 +43,9 @@ measured median ratio on QQP dev pairs is 15.55).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from metric_sim.lazy import lazy_attributes
 from metric_sim.losses.registry import (
     LOSSES,
     LossSpec,
@@ -82,30 +82,20 @@ __all__ = [
 
 # torch-based names -> the submodule that defines them (imported on first use)
 _LAZY = {
-    "CrossRankLoss": "cross_rank",
-    "MergedBatch": "cross_rank",
-    "merge_batches": "cross_rank",
-    "LossResult": "loss",
-    "MetricLoss": "loss",
-    "build_loss": "loss",
-    "IndicesTuple": "tuples",
-    "hard_pairs": "tuples",
-    "label_masks": "tuples",
-    "masks_to_pairs": "tuples",
-    "pair_indices_tuple": "tuples",
-    "pairs_to_triplets": "tuples",
-    "restrict_to_masks": "tuples",
+    "CrossRankLoss": "metric_sim.losses.cross_rank",
+    "MergedBatch": "metric_sim.losses.cross_rank",
+    "merge_batches": "metric_sim.losses.cross_rank",
+    "LossResult": "metric_sim.losses.loss",
+    "MetricLoss": "metric_sim.losses.loss",
+    "build_loss": "metric_sim.losses.loss",
+    "IndicesTuple": "metric_sim.losses.tuples",
+    "hard_pairs": "metric_sim.losses.tuples",
+    "label_masks": "metric_sim.losses.tuples",
+    "masks_to_pairs": "metric_sim.losses.tuples",
+    "pair_indices_tuple": "metric_sim.losses.tuples",
+    "pairs_to_triplets": "metric_sim.losses.tuples",
+    "restrict_to_masks": "metric_sim.losses.tuples",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metric_sim.losses' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"metric_sim.losses.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -27,11 +27,11 @@ names (which need torch and transformers) load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from metric_sim.errors import TrainingError
 from metric_sim.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, TRAIN_CONFIG_FILE
+from metric_sim.lazy import lazy_attributes
 from metric_sim.training.config import (
     LR_SCHEDULERS,
     SAMPLERS,
@@ -103,14 +103,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metric_sim.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
