@@ -103,6 +103,17 @@ def demo():
     return load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the tiny model gains nothing from threads (two spinning
+    OpenMP threads on a busy shared CPU make each step several times slower), and one thread
+    runs the same kernels as the 1-thread torchrun workers, so vectors are bit-identical."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
     # Tests share 2 cores; more threads only add contention on tiny models.

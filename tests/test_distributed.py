@@ -46,12 +46,7 @@ from tests.conftest import DEMO_FILE, REPO_ROOT, build_tiny_encoder
 B = 8  # pairs per rank; the single-process oracle uses 2 * B
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # same kernels as the 1-thread worker processes: bit-identical vectors
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

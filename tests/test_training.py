@@ -31,15 +31,7 @@ from metric_sim.training import (
 from metric_sim.training.guards import ZeroLossGuard
 from tests.conftest import DATA_DIR, DEMO_FILE, REPO_ROOT, requires_data
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny model gains nothing from threads; on a shared, busy CPU two spinning
-    # OpenMP threads make each step several times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

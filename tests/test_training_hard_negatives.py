@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from metric_sim.errors import ConfigError, TrainingError
 from metric_sim.layout import HARD_NEGATIVES_FILE, METRICS_FILE, TRAIN_CONFIG_FILE
@@ -14,13 +13,7 @@ from metric_sim.model import SimilarityModel
 from metric_sim.training import TrainConfig, train
 from tests.conftest import DEMO_FILE, build_tiny_encoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
