@@ -30,6 +30,7 @@ RANKS = {
     "items": 2,
     "distributed": 2,
     "clusters": 3,
+    "images": 3,
     "encoders": 4,
     "data": 4,
     "calibration": 5,

@@ -21,4 +21,4 @@ def test_ci_runs_exactly_the_readme_commands():
     for command in commands:
         assert command in ci_lines, f"README command not run by .ci/run: {command}"
     assert "set -euo pipefail" in ci_lines
-    assert ci_lines.index("python -m pip install torch==2.13.0") < ci_lines.index(commands[0])
+    assert ci_lines.index("python -m pip install torch==2.14.1 torchvision==0.29.1") < ci_lines.index(commands[0])

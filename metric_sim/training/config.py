@@ -35,6 +35,7 @@ from metric_sim.validation import (
 __all__ = ["HARD_NEGATIVE_KEYS", "LR_SCHEDULERS", "SAMPLERS", "TrainConfig", "merge_overrides", "parse_overrides"]
 
 SAMPLERS = ("auto", "random", "length", "cluster")
+ITEM_KINDS = ("text", "image")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The mining options a ``hard_negatives`` block may set (besides file / mine): named as in mine_hard_negatives.
@@ -74,6 +75,7 @@ class TrainConfig:
     text_a: str = "text_a"
     text_b: str = "text_b"
     label: str = "label"
+    items: str = "text"  # what train_file/dev_file columns hold: "text", or "image" (paths relative to the file)
     score_low: float | None = None
     score_high: float | None = None
     max_train_pairs: int | None = None
@@ -86,6 +88,9 @@ class TrainConfig:
     max_length: int = 128
     freeze_encoder: bool = False
     projection_dim: int | None = None
+    # settings for the encoder ``model`` names when it is built from a starting point rather than a saved
+    # folder (images: size, mode, augment, ...); checked by that encoder's builder when the run starts
+    encoder_options: dict[str, Any] = field(default_factory=dict)
     # loss and batches
     loss: str = "online_contrastive"
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +149,11 @@ class TrainConfig:
         require_choice("loss", self.loss, list_losses())
         if not isinstance(self.loss_params, dict):
             raise InvalidArgumentTypeError(f"loss_params must be a mapping of parameter -> value, got {self.loss_params!r}")
+        require_choice("items", self.items, ITEM_KINDS)
+        if not isinstance(self.encoder_options, dict) or not all(isinstance(k, str) for k in self.encoder_options):
+            raise InvalidArgumentTypeError(
+                f"encoder_options must be a mapping of option name -> value, got {self.encoder_options!r}"
+            )
         require_choice("sampler", self.sampler, SAMPLERS)
         require_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         if self.pooling is not None:
@@ -360,6 +370,11 @@ def _require_shallow(key: str, value: Any) -> None:
     Deeper values are refused before anything walks them: no config key takes one, and
     YAML aliases can make a small file expand into an exponentially large nest.
     """
+    if key == "encoder_options" and isinstance(value, Mapping):
+        # one level more: an image encoder's augmentation is a mapping of its own ({hflip: false, ...})
+        for name, child in value.items():
+            _require_shallow(f"{key}.{name}", child)
+        return
     children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
     for child in children:
         if isinstance(child, (Mapping, list)):

@@ -31,6 +31,8 @@ def load_training_data(config: TrainConfig) -> tuple[PairDataset, PairDataset]:
         train, dev = _preset_splits(config)
     else:
         columns = {"text_a": config.text_a, "text_b": config.text_b, "label": config.label}
+        if config.items != "text":
+            columns["items"] = config.items
         train = load_pairs(config.train_file, **columns)
         if config.dev_file is not None:
             dev = load_pairs(config.dev_file, **columns)
