@@ -97,9 +97,11 @@ def all_pairs_distances_numpy(x: np.ndarray, y: np.ndarray, metric: Metric | str
         sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
         return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32)
     out = np.empty((x.shape[0], y.shape[0]), dtype=np.float64)
-    for start in range(0, x.shape[0], 256):  # bounded memory: block of 256 rows at a time
-        block = x[start : start + 256]
-        out[start : start + 256] = np.abs(block[:, None, :] - y[None, :, :]).sum(-1)
+    # Bounded memory: the broadcast block is rows x len(y) x dim float64s; keep it near 2**24 (128 MB).
+    rows = max(1, min(256, (1 << 24) // max(1, y.shape[0] * max(1, y.shape[1]))))
+    for start in range(0, x.shape[0], rows):
+        block = x[start : start + rows]
+        out[start : start + rows] = np.abs(block[:, None, :] - y[None, :, :]).sum(-1)
     return out.astype(np.float32)
 
 

@@ -56,7 +56,10 @@ from metric_sim.errors import (
 from metric_sim.items import text_id
 from metric_sim.validation import require_choice, require_positive_int
 
-__all__ = ["build_pairs", "load_pairs", "load_pairs_with_roles", "pair_roles"]
+__all__ = ["ITEM_KINDS", "build_pairs", "load_pairs", "load_pairs_with_roles", "pair_roles", "pairs_from_columns"]
+
+#: What the text columns of a pairs file hold: texts, or image paths (see :func:`load_pairs`).
+ITEM_KINDS = ("text", "image")
 
 if TYPE_CHECKING:
     import datasets
@@ -114,15 +117,18 @@ def build_pairs(
     label_parser: Callable[[Any], int | None],
     on_bad_row: str,
     known_quirk: Callable[[int, Record], bool] | None,
+    image_item: Callable[[str], tuple[str, str]] | None = None,
 ) -> PairDataset:
     """Validate ``records`` into a :class:`PairDataset`; bad rows raise or are counted (``on_bad_row``).
 
     ``known_quirk(n, record)`` is asked about each malformed record (``n``: its 1-based
     number among the data records); a true answer drops it even with ``on_bad_row="error"``.
+    ``image_item(value)`` -> ``(location, content id)`` makes the text columns image
+    paths: a missing or undecodable image is a ``malformed`` row naming the file and column.
     """
     report = LoadReport(source=source)
     out: dict[str, list] = {c: [] for c in COLUMNS}
-    has_ids = "id_a" in roles
+    has_ids = "id_a" in roles and image_item is None
     id_seen: dict[str, tuple[str, int]] = {}  # id -> (text, first location)
     seen_pairs: set[tuple[str, str]] = set()
     quirks = 0
@@ -162,6 +168,12 @@ def build_pairs(
             raise _RowProblem("malformed", roles[role], f"{role} is empty, got {value!r}")
         return str(value)
 
+    def image(value: str, role: str) -> tuple[str, str]:
+        try:
+            return image_item(value)  # type: ignore[misc]
+        except (DataError, MissingFileError) as exc:
+            raise _RowProblem("malformed", roles[role], str(exc)) from None
+
     for rec in records:
         report.rows_read += 1
         if rec.end is not None:
@@ -177,6 +189,8 @@ def build_pairs(
         v = rec.values
         try:
             ta, tb = text(v, "text_a"), text(v, "text_b")
+            if image_item is not None:  # ids: content ids (one photo under two names is one item)
+                (ta, ia), (tb, ib) = image(ta, "text_a"), image(tb, "text_b")
             try:
                 label = label_parser(v["label"])
             except BadLabel as exc:
@@ -194,7 +208,7 @@ def build_pairs(
                             f"{unit} {rec.loc} has {_short(t)}",
                         )
                     row_ids[i] = (t, rec.loc)
-            else:
+            elif image_item is None:
                 ia, ib = text_id(ta), text_id(tb)
             pid = ident(v, "pair_id") if "pair_id" in roles else rec.default_pair_id
         except _RowProblem as problem:
@@ -244,9 +258,14 @@ def build_pairs(
             UserWarning,
             stacklevel=_caller_stacklevel(),
         )
+    return pairs_from_columns(out, report)
+
+
+def pairs_from_columns(columns: Mapping[str, list], report: LoadReport) -> PairDataset:
+    """A :class:`PairDataset` from the six column lists (already validated) and their report."""
     import datasets
 
-    return PairDataset(datasets.Dataset.from_dict(out, features=_features()), report)
+    return PairDataset(datasets.Dataset.from_dict(dict(columns), features=_features()), report)
 
 
 def load_pairs_with_roles(
@@ -263,9 +282,11 @@ def load_pairs_with_roles(
     allow_extra_fields: bool = False,
     n_fields: int | None = None,
     known_quirk: Callable[[int, Record], bool] | None = None,
+    items: str = "text",
 ) -> PairDataset:
     """Load pairs from ``source`` with ``roles`` (role -> column) already chosen; presets call this."""
     require_choice("on_bad_row", on_bad_row, ON_BAD_ROW)
+    require_choice("items", items, ITEM_KINDS)
     require_choice("quoting", quoting, QUOTING)
     if format is not None:
         require_choice("format", format, FORMATS)
@@ -285,6 +306,14 @@ def load_pairs_with_roles(
     common = dict(
         roles=roles, label_parser=label_parser, on_bad_row=on_bad_row, known_quirk=known_quirk
     )
+    if items == "image":
+        if "id_a" in roles:
+            raise InvalidArgumentError("items='image' takes no id_a/id_b columns: an image's id is its content id")
+        # Imported here: collections builds its pairs with this module.
+        from metric_sim.data.collections import image_resolver
+
+        in_file = isinstance(source, (str, os.PathLike))
+        common["image_item"] = image_resolver(Path(os.path.abspath(source)).parent if in_file else Path.cwd())
 
     import datasets  # here, not at module level: listing presets must not load it
 
@@ -362,6 +391,7 @@ def load_pairs(
     label_map: Mapping[Any, int] | None = None,
     allow_extra_fields: bool = False,
     n_fields: int | None = None,
+    items: str = "text",
 ) -> PairDataset:
     """Load labelled pairs from a file, a ``save_to_disk`` folder or an in-memory ``datasets.Dataset``.
 
@@ -376,6 +406,13 @@ def load_pairs(
     ``bad_label``; missing / blank texts -> ``empty_text``. ``on_bad_row="error"``
     raises a :class:`DataError` at the first; ``"skip"`` drops and counts them and warns
     once. Undecodable bytes, truncated compressed files and empty files always raise.
+
+    ``items="image"``: the two text columns hold image paths, relative to the folder the
+    pairs file is in (the current folder for a ``datasets.Dataset``), absolute, or zip
+    members (``ARCHIVE.zip!/member.png``). They are stored as absolute locations with
+    content ids (:func:`metric_sim.images.image_id`; no id columns then), and every image
+    is decoded once: a missing, unreadable or non-image file is a ``malformed`` row that
+    names the file, the line and the column.
     """
     parser = parse_binary_label if label_map is None else MappedLabel(label_map)
     return load_pairs_with_roles(
@@ -390,4 +427,5 @@ def load_pairs(
         label_parser=parser,
         allow_extra_fields=allow_extra_fields,
         n_fields=n_fields,
+        items=items,
     )

@@ -25,6 +25,8 @@ BACKENDS = ("torch", "onnx")
 _BUILTIN: dict[str, str] = {
     "transformers": "metric_sim.encoders.text:Encoder",
     "onnx": "metric_sim.encoders.onnx:OnnxEncoder",
+    "image": "metric_sim.encoders.image:ImageEncoder",
+    "multimodal": "metric_sim.encoders.multimodal:ProductEncoder",
 }
 _REGISTERED: dict[str, type[ItemEncoder]] = {}
 
