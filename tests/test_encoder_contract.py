@@ -1,5 +1,6 @@
 """One conformance suite, run on every encoder kind: the transformers text encoder, its ONNX
-export, and a toy encoder of float vectors (``tests/toy_encoder.py``).
+export, the image encoder and the product (title + image) encoder on tiny random networks, and
+a toy encoder of float vectors (``tests/toy_encoder.py``).
 
 Whatever passes here for the toy encoder works downstream without assuming strings:
 encoding order, save/load through the registry, fingerprints, calibration, symmetric
@@ -16,11 +17,17 @@ from metric_sim.distances import all_pairs_distances_numpy
 from metric_sim.encoders import ItemEncoder, list_encoders, load_encoder
 from metric_sim.errors import ExportError, InvalidArgumentTypeError, MetricSimError
 from tests.conftest import build_tiny_encoder
+from tests.test_image_encoders import (
+    image_items,
+    product_items,
+    tiny_image_encoder,
+    tiny_product_encoder,
+)
 from tests.test_index import TEXTS
 from tests.test_legacy_formats import LEGACY
 from tests.toy_encoder import ToyVectorEncoder, toy_items
 
-KINDS = ("transformers", "onnx", "toy-vectors")
+KINDS = ("transformers", "onnx", "toy-vectors", "image", "multimodal")
 
 
 def _encoder(kind: str) -> ItemEncoder:
@@ -29,10 +36,18 @@ def _encoder(kind: str) -> ItemEncoder:
     if kind == "onnx":
         pytest.importorskip("onnxruntime")
         return load_encoder(LEGACY / "export", backend="onnx")
+    if kind == "image":
+        return tiny_image_encoder()
+    if kind == "multimodal":
+        return tiny_product_encoder()
     return ToyVectorEncoder()
 
 
 def _items(kind: str) -> list:
+    if kind == "image":
+        return image_items(len(TEXTS))
+    if kind == "multimodal":
+        return product_items(list(TEXTS))
     return list(TEXTS) if kind != "toy-vectors" else toy_items(len(TEXTS))
 
 
@@ -90,7 +105,8 @@ def test_fingerprint_is_stable_and_tells_weights_apart(case):
     kind, encoder, _ = case
     assert encoder.fingerprint() == encoder.fingerprint()
     other = {"transformers": lambda: build_tiny_encoder(seed=1), "toy-vectors": lambda: ToyVectorEncoder(seed=1),
-             "onnx": build_tiny_encoder}[kind]()
+             "onnx": build_tiny_encoder, "image": lambda: tiny_image_encoder(seed=1),
+             "multimodal": lambda: tiny_product_encoder(seed=1)}[kind]()
     assert other.fingerprint() != encoder.fingerprint()
 
 
