@@ -266,11 +266,17 @@ def _record_with(record: Any, image_form: Any) -> dict[str, Any]:
             for key, value in record.items()}
 
 
-def record_id(record: Any, *, where: str | None = None) -> str:
-    """Content id of a record: its canonical JSON with the image replaced by the image's content id."""
+def record_id(record: Any, *, where: str | None = None, known_image_id: str | None = None) -> str:
+    """Content id of a record: its canonical JSON with the image replaced by the image's content id.
+
+    ``known_image_id`` is the image's id when the caller has it already (no second read of the file).
+    """
     from metric_sim.items import describe_item
 
-    canonical = describe_item(_record_with(record, lambda image: image_id(image, where=where)))
+    def image_form(image: Any) -> str:
+        return known_image_id if known_image_id is not None else image_id(image, where=where)
+
+    canonical = describe_item(_record_with(record, image_form))
     return "r" + _sha1(canonical.encode("utf-8", "surrogatepass"))
 
 

@@ -515,8 +515,8 @@ def test_split_from_file(tmp_path):
 
 
 def test_preset_registry_and_argument_errors(tmp_path):
-    assert list_presets() == ["mrpc", "paws", "qqp", "sick", "stsb"]
-    with pytest.raises(ValueError, match=r"\['mrpc', 'paws', 'qqp', 'sick', 'stsb'\]"):
+    assert list_presets() == ["grocery", "grocery-products", "mrpc", "omniglot", "orl", "paws", "qqp", "sick", "stsb"]
+    with pytest.raises(ValueError, match=r"\['grocery', 'grocery-products', 'mrpc', 'omniglot', 'orl', 'paws', 'qqp', 'sick', 'stsb'\]"):
         load_preset("quora")
     with pytest.raises(ValueError, match=r"\['train', 'dev', 'test'\]"):
         load_preset("stsb", split="validation", data_dir=tmp_path)

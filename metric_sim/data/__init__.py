@@ -11,7 +11,10 @@ The subpackage, one responsibility per module:
 * :mod:`~metric_sim.data.pairs` - :class:`PairDataset` (columns, clusters, splits);
 * :mod:`~metric_sim.data.loader` - records -> validated pairs, :func:`load_pairs`;
 * :mod:`~metric_sim.data.presets` - named datasets, :func:`load_preset`;
-* :mod:`~metric_sim.data.corpus` - single texts with ids, :func:`load_corpus`.
+* :mod:`~metric_sim.data.corpus` - single texts with ids, :func:`load_corpus`;
+* :mod:`~metric_sim.data.collections` - labelled image collections (:class:`LabelledItems`:
+  folders, zips, list files; identity splits; genuine / impostor pairs);
+* :mod:`~metric_sim.data.image_presets` - ORL, Omniglot, Grocery (catalogue and photo pairs).
 
 Names are resolved lazily and ``datasets`` is imported only when pairs are built or
 wrapped (``load_pairs``, ``load_preset``, ``PairDataset(...)``), so importing any name
@@ -34,15 +37,27 @@ __all__ = [
     "PRESETS",
     "Corpus",
     "DataError",
+    "ItemsReport",
+    "LabelledItems",
     "LoadReport",
     "PairDataset",
     "Preset",
     "UnionFind",
+    "catalogue_pairs",
     "default_data_dir",
+    "grocery_catalogue",
+    "grocery_photos",
+    "grocery_product_pairs",
+    "image_splits",
     "list_presets",
     "load_corpus",
     "load_pairs",
     "load_preset",
+    "omniglot_items",
+    "orl_items",
+    "read_image_folder",
+    "read_image_list",
+    "read_image_zip",
     "text_id",
 ]
 
@@ -64,6 +79,18 @@ _LAZY = {
     "load_pairs": "metric_sim.data.loader",
     "load_preset": "metric_sim.data.presets",
     "text_id": "metric_sim.items",
+    "ItemsReport": "metric_sim.data.collections",
+    "LabelledItems": "metric_sim.data.collections",
+    "read_image_folder": "metric_sim.data.collections",
+    "read_image_list": "metric_sim.data.collections",
+    "read_image_zip": "metric_sim.data.collections",
+    "catalogue_pairs": "metric_sim.data.image_presets",
+    "grocery_catalogue": "metric_sim.data.image_presets",
+    "grocery_photos": "metric_sim.data.image_presets",
+    "grocery_product_pairs": "metric_sim.data.image_presets",
+    "image_splits": "metric_sim.data.image_presets",
+    "omniglot_items": "metric_sim.data.image_presets",
+    "orl_items": "metric_sim.data.image_presets",
     "COLUMNS": "metric_sim.data.pairs",
     "MAX_BAD_ROW_EXAMPLES": "metric_sim.data.report",
     "ON_BAD_ROW": "metric_sim.data.report",
@@ -72,7 +99,23 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from metric_sim.clusters import UnionFind
+    from metric_sim.data.collections import (
+        ItemsReport,
+        LabelledItems,
+        read_image_folder,
+        read_image_list,
+        read_image_zip,
+    )
     from metric_sim.data.corpus import Corpus, load_corpus
+    from metric_sim.data.image_presets import (
+        catalogue_pairs,
+        grocery_catalogue,
+        grocery_photos,
+        grocery_product_pairs,
+        image_splits,
+        omniglot_items,
+        orl_items,
+    )
     from metric_sim.data.loader import load_pairs
     from metric_sim.data.pairs import PairDataset
     from metric_sim.data.presets import PRESETS, Preset, default_data_dir, list_presets, load_preset

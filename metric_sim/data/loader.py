@@ -26,10 +26,12 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from metric_sim.data.labels import BadLabel, MappedLabel, parse_binary_label
 from metric_sim.data.pairs import COLUMNS, PairDataset
@@ -53,10 +55,22 @@ from metric_sim.errors import (
     InvalidArgumentTypeError,
     MissingFileError,
 )
+from metric_sim.images import image_id, open_image, split_zip_location, zip_location
 from metric_sim.items import text_id
 from metric_sim.validation import require_choice, require_positive_int
 
-__all__ = ["ITEM_KINDS", "build_pairs", "load_pairs", "load_pairs_with_roles", "pair_roles", "pairs_from_columns"]
+__all__ = [
+    "ITEM_KINDS",
+    "build_pairs",
+    "check_image",
+    "image_resolver",
+    "load_pairs",
+    "load_pairs_with_roles",
+    "pair_roles",
+    "pairs_from_columns",
+    "pairs_from_index_pairs",
+    "resolve_location",
+]
 
 #: What the text columns of a pairs file hold: texts, or image paths (see :func:`load_pairs`).
 ITEM_KINDS = ("text", "image")
@@ -268,6 +282,62 @@ def pairs_from_columns(columns: Mapping[str, list], report: LoadReport) -> PairD
     return PairDataset(datasets.Dataset.from_dict(dict(columns), features=_features()), report)
 
 
+def pairs_from_index_pairs(
+    items_a: Sequence[str],
+    ids_a: Sequence[str],
+    items_b: Sequence[str],
+    ids_b: Sequence[str],
+    kinds: Mapping[str, tuple[int, Sequence[tuple[int, int]]]],
+    *,
+    rng: np.random.Generator,
+    source: str,
+) -> PairDataset:
+    """Pairs ``(items_a[i], items_b[j])`` with their ids; ``kinds``: pair id prefix -> (label, [(i, j)]).
+
+    Rows are shuffled with ``rng``; a pair id is its kind's prefix and its number in the kind.
+    """
+    rows = [(f"{prefix}{n}", label, i, j) for prefix, (label, pairs) in kinds.items()
+            for n, (i, j) in enumerate(pairs)]
+    if not rows:
+        raise DataError("no pairs to build (no identity has two items?)", source=source)
+    out: dict[str, list] = {c: [] for c in COLUMNS}
+    for k in rng.permutation(len(rows)).tolist():
+        pair_id, label, i, j = rows[k]
+        row = (items_a[i], items_b[j], label, ids_a[i], ids_b[j], pair_id)
+        for column, value in zip(COLUMNS, row, strict=True):
+            out[column].append(value)
+    self_pairs = sum(a == b for a, b in zip(out["text_a"], out["text_b"], strict=True))
+    report = LoadReport(source=source, rows_read=len(rows), pairs=len(rows), self_pairs=self_pairs)
+    return pairs_from_columns(out, report)
+
+
+def resolve_location(value: str, base_dir: str | os.PathLike[str]) -> str:
+    """``value`` (a path or ``ARCHIVE.zip!/member``) made absolute; a relative one joins ``base_dir``."""
+    parts = split_zip_location(value)
+    path = os.fspath(parts[0]) if parts is not None else value
+    path = os.path.abspath(os.path.join(os.fspath(base_dir), os.path.expanduser(path)))
+    return zip_location(path, parts[1]) if parts is not None else path
+
+
+def check_image(location: str, *, where: str | None = None) -> str:
+    """Decode the image at ``location`` fully (errors name it, after ``where``); its content id."""
+    open_image(location, mode="L", where=where)
+    return image_id(location, where=where)
+
+
+def image_resolver(base_dir: str | os.PathLike[str]) -> Callable[[str], tuple[str, str]]:
+    """``value -> (absolute location, content id)``, decoding each location once."""
+    seen: dict[str, str] = {}
+
+    def resolve(value: str) -> tuple[str, str]:
+        location = resolve_location(value, base_dir)
+        if location not in seen:
+            seen[location] = check_image(location)
+        return location, seen[location]
+
+    return resolve
+
+
 def load_pairs_with_roles(
     source: Any,
     roles: dict[str, str | int],
@@ -309,9 +379,6 @@ def load_pairs_with_roles(
     if items == "image":
         if "id_a" in roles:
             raise InvalidArgumentError("items='image' takes no id_a/id_b columns: an image's id is its content id")
-        # Imported here: collections builds its pairs with this module.
-        from metric_sim.data.collections import image_resolver
-
         in_file = isinstance(source, (str, os.PathLike))
         common["image_item"] = image_resolver(Path(os.path.abspath(source)).parent if in_file else Path.cwd())
 

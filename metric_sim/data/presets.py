@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from metric_sim.data.image_presets import IMAGE_PRESETS
 from metric_sim.data.labels import ScoreLabel
 from metric_sim.data.loader import load_pairs_with_roles, pair_roles
 from metric_sim.data.pairs import PairDataset
@@ -211,6 +212,10 @@ PRESETS: dict[str, Preset] = {
         _load_stsb,
         (2.5, 4.0),
     ),
+    **{
+        name: Preset(name, description, splits, default, loader)
+        for name, (description, splits, default, loader) in IMAGE_PRESETS.items()
+    },
 }
 
 
@@ -231,7 +236,9 @@ def load_preset(
 ) -> PairDataset:
     """Load a named dataset (:func:`list_presets`) from ``path`` or from its files under ``data_dir``.
 
-    ``split`` picks a file (stsb/sick/mrpc) or, for qqp, a split of ``qqp/split.tsv``.
+    ``split`` picks a file (stsb/sick/mrpc) or, for qqp, a split of ``qqp/split.tsv``; the
+    image presets (orl, omniglot, grocery: :mod:`metric_sim.data.image_presets`) split
+    with a fixed seed and take ``path=`` as their data folder.
     ``low``/``high`` are the score thresholds of the score presets (stsb, sick).
     """
     require_choice("preset", name, list_presets())

@@ -38,7 +38,7 @@ from metric_sim.data import PairDataset
 from metric_sim.distances import Metric
 from metric_sim.distributed import broadcast_object, is_main_process, quiet_replicas
 from metric_sim.encoders.base import TrainableEncoder
-from metric_sim.encoders.registry import load_encoder
+from metric_sim.encoders.starting import encoder_from_start
 from metric_sim.errors import CalibrationError, TrainingError
 from metric_sim.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, TRAIN_CONFIG_FILE
 from metric_sim.losses.loss import MetricLoss, build_loss
@@ -186,8 +186,8 @@ def starting_encoder(config: TrainConfig, encoder: TrainableEncoder | None = Non
     An encoder with a ``max_length`` setting (texts) is capped at ``config.max_length``.
     """
     if encoder is None:
-        encoder = load_encoder(config.model, backend="torch", max_length=config.max_length,
-                               pooling=config.pooling, normalize=config.normalize)
+        encoder = encoder_from_start(config.model, config.encoder_options, seed=config.seed,
+                                     normalize=config.normalize, max_length=config.max_length, pooling=config.pooling)
         if not isinstance(encoder, TrainableEncoder):
             raise TrainingError(f"the encoder {config.model!r} ({type(encoder).__name__}) cannot be trained: "
                                 "training needs a TrainableEncoder (a PyTorch module)")
