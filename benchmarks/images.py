@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, mean_std, write_json  # noqa: E402
 
 from metric_sim.calibration import Calibrator  # noqa: E402
-from metric_sim.distances import all_pairs_distances_numpy, paired_distances_numpy  # noqa: E402
+from metric_sim.distances import paired_distances_numpy  # noqa: E402
 from metric_sim.metrics import expected_calibration_error, pair_metrics  # noqa: E402
 
 logger = logging.getLogger("images")

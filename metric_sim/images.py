@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metric_sim.errors import DataError, InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
+from metric_sim.errors import (
+    DataError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MissingFileError,
+)
 
 if TYPE_CHECKING:
     from PIL import Image

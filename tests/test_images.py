@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metric_sim.errors import DataError, InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
+from metric_sim.errors import (
+    DataError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MissingFileError,
+)
 from metric_sim.images import (
     describe_image,
     describe_record,
@@ -132,7 +137,7 @@ def test_records_ids_and_descriptions(files, tmp_path):
     a = {"title": "Golden apple", "image": str(png)}
     assert record_id(a) == record_id({"image": copy, "title": "Golden apple"})  # content, not the path
     assert record_id(a) != record_id({"title": "Golden apple"}) != record_id({"title": "Red apple"})
-    assert describe_record(a) == '{"image":"%s","title":"Golden apple"}' % png
+    assert describe_record(a) == f'{{"image":"{png}","title":"Golden apple"}}'
     assert describe_image(png) == str(png)
     assert is_image_item(png) and is_image_item(Image.new("L", (2, 2))) and not is_image_item(3)
     with pytest.raises(InvalidArgumentTypeError, match="mapping"):

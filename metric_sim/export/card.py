@@ -15,7 +15,7 @@ from metric_sim.model import SimilarityModel
 EXAMPLE_TEXTS = ("How do I learn Python?", "What is the best way to learn Python?", "How do I cook rice?")
 
 
-def _get(mapping: dict[str, Any] | None, *keys: str) -> Any:
+def first_value(mapping: dict[str, Any] | None, *keys: str) -> Any:
     """First present, non-empty key of ``mapping`` (run configs name things in more than one way)."""
     for key in keys:
         if mapping and mapping.get(key) not in (None, "", {}, []):
@@ -23,7 +23,7 @@ def _get(mapping: dict[str, Any] | None, *keys: str) -> Any:
     return None
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if value is None:
         return "unknown"
     if isinstance(value, float):
@@ -33,9 +33,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+        return ", ".join(f"{k}: {format_value(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
+        return ", ".join(format_value(v) for v in value)
     return str(value)
 
 
@@ -55,14 +55,14 @@ _METRIC_COLUMNS = (
 )
 
 
-def _metrics_table(metrics: dict[str, Any]) -> list[str]:
+def metrics_table(metrics: dict[str, Any]) -> list[str]:
     splits = {name: values for name, values in metrics.items() if isinstance(values, dict)}
     columns = [(key, label) for key, label in _METRIC_COLUMNS if any(key in v for v in splits.values())]
     if not splits or not columns:
         return ["No evaluation figures were recorded for this run."]
     lines = ["| split | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in splits.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(values.get(key)) for key, _ in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_value(values.get(key)) for key, _ in columns) + " |")
     return lines
 
 
@@ -149,6 +149,42 @@ def usage_snippets(encoder: Encoder, metric: Metric, name: str, *, has_onnx: boo
     return snippets
 
 
+def run_sections(source: ExportSource, meta: dict[str, Any]) -> list[str]:
+    """The card's "Training" and "Evaluation" sections, from the run's train_config.json and metrics.json."""
+    cfg = source.train_config or {}
+    run = cfg.get("run", {}) if isinstance(cfg.get("run"), dict) else {}
+    data = first_value(cfg, "preset", "train_file", "data")
+    splits = ", ".join(f"{k}={cfg[k]}" for k in ("train_split", "dev_split", "dev_file") if cfg.get(k))
+    loss = cfg.get("loss")
+    loss_params = first_value(run, "loss_params_resolved") or first_value(cfg, "loss_params") or {}
+    margins = {k: v for k, v in {**cfg, **loss_params}.items() if "margin" in k.lower() and v is not None}
+    card = ["", "## Training", ""]
+    if source.train_config is None:
+        card.append(
+            "Exported from a bare model folder: the training configuration, data, steps, hardware and "
+            "evaluation figures are **unknown**."
+        )
+    else:
+        card += [
+            f"- data: {format_value(data)}{f' ({splits})' if splits else ''}; training pairs: {format_value(run.get('train_pairs'))}; "
+            f"dev pairs: {format_value(run.get('dev_pairs'))}",
+            f"- loss: {format_value(loss)}; margins: {format_value(margins) if margins else 'none'}; metric: {format_value(cfg.get('metric'))}",
+            f"- steps: {format_value(run.get('steps'))}; epochs: {format_value(run.get('epochs'))}; batch size: {format_value(cfg.get('batch_size'))}; "
+            f"learning rate: {format_value(cfg.get('learning_rate'))}; seed: {format_value(cfg.get('seed'))}",
+            f"- frozen encoder with projection head: {'yes' if cfg.get('freeze_encoder') else 'no'}",
+            f"- wall time: {format_value(run.get('wall_time_s'))} s; hardware: {format_value(run.get('hardware'))}",
+            f"- training config sha256: `{meta.get('train_config_sha256')}` (canonical JSON of "
+            "`train_config.json` without its `run` section)",
+        ]
+    card += ["", "## Evaluation", ""]
+    if source.metrics:
+        card += metrics_table(source.metrics)
+        card += ["", "AP is the average precision of ranking pairs by -distance; thresholds are distances."]
+    else:
+        card.append("No evaluation figures were recorded (no metrics.json next to the model).")
+    return card
+
+
 def render_model_card(
     source: ExportSource,
     model: SimilarityModel,
@@ -159,20 +195,14 @@ def render_model_card(
 ) -> str:
     encoder = model.encoder
     cfg = source.train_config or {}
-    run = cfg.get("run", {}) if isinstance(cfg.get("run"), dict) else {}
     metric = model.metric
-    base = _get(cfg, "model", "base_model", "model_name_or_path")
+    base = first_value(cfg, "model", "base_model", "model_name_or_path")
     if base is None and source.model_dir == default_model_path_or_none():
         base = DEFAULT_MODEL
     if base == DEFAULT_MODEL:
         base = "all-MiniLM-L6-v2 (metric-sim's packaged default encoder)"
     elif base is None:  # a bare folder: its name, not the local path
         base = f"unknown (exported from a model folder named {source.model_dir.name!r})"
-    data = _get(cfg, "preset", "train_file", "data")
-    splits = ", ".join(f"{k}={cfg[k]}" for k in ("train_split", "dev_split", "dev_file") if cfg.get(k))
-    loss = cfg.get("loss")
-    loss_params = _get(run, "loss_params_resolved") or _get(cfg, "loss_params") or {}
-    margins = {k: v for k, v in {**cfg, **loss_params}.items() if "margin" in k.lower() and v is not None}
     card = [
         "---",
         "library_name: sentence-transformers",
@@ -198,7 +228,7 @@ def render_model_card(
         "",
         "## Model",
         "",
-        f"- base model: {_fmt(base)}",
+        f"- base model: {format_value(base)}",
         f"- architecture: {encoder.model.config.model_type}, {encoder.model.config.num_hidden_layers} layers, "
         f"hidden size {encoder.model.config.hidden_size}; embedding dimension {encoder.embedding_dim}",
         f"- pooling: {encoder.pooling}; normalised: {'yes' if encoder.normalize else 'no'}; "
@@ -209,35 +239,12 @@ def render_model_card(
         cal = model.calibrator
         card += [
             f"- calibrator: p(similar | d) = {cal.formula}, fitted on "
-            f"{_fmt(cal.fitted_on) if cal.fitted_on else 'held-out pairs'} ({cal.n_fit:,} pairs)",
+            f"{format_value(cal.fitted_on) if cal.fitted_on else 'held-out pairs'} ({cal.n_fit:,} pairs)",
             f"- **decision threshold: similar when d <= {cal.threshold:.6g}**",
         ]
     else:
         card.append("- calibrator: none (this model gives distances but no probabilities or decisions)")
-    card += ["", "## Training", ""]
-    if source.train_config is None:
-        card.append(
-            "Exported from a bare model folder: the training configuration, data, steps, hardware and "
-            "evaluation figures are **unknown**."
-        )
-    else:
-        card += [
-            f"- data: {_fmt(data)}{f' ({splits})' if splits else ''}; training pairs: {_fmt(run.get('train_pairs'))}; "
-            f"dev pairs: {_fmt(run.get('dev_pairs'))}",
-            f"- loss: {_fmt(loss)}; margins: {_fmt(margins) if margins else 'none'}; metric: {_fmt(cfg.get('metric'))}",
-            f"- steps: {_fmt(run.get('steps'))}; epochs: {_fmt(run.get('epochs'))}; batch size: {_fmt(cfg.get('batch_size'))}; "
-            f"learning rate: {_fmt(cfg.get('learning_rate'))}; seed: {_fmt(cfg.get('seed'))}",
-            f"- frozen encoder with projection head: {'yes' if cfg.get('freeze_encoder') else 'no'}",
-            f"- wall time: {_fmt(run.get('wall_time_s'))} s; hardware: {_fmt(run.get('hardware'))}",
-            f"- training config sha256: `{meta.get('train_config_sha256')}` (canonical JSON of "
-            "`train_config.json` without its `run` section)",
-        ]
-    card += ["", "## Evaluation", ""]
-    if source.metrics:
-        card += _metrics_table(source.metrics)
-        card += ["", "AP is the average precision of ranking pairs by -distance; thresholds are distances."]
-    else:
-        card.append("No evaluation figures were recorded (no metrics.json next to the model).")
+    card += run_sections(source, meta)
     onnx_meta = meta.get("export", {}).get("onnx")
     if onnx_meta:
         card += ["", "## ONNX", ""]
