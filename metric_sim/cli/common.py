@@ -95,7 +95,14 @@ def load_pairs_from_args(
 
 
 def load_similarity_model(value: str) -> Any:
-    """``--model`` takes a model folder or a RUN_DIR (``from_pretrained`` resolves ``RUN_DIR/model``), or 'default'."""
+    """``--model`` takes a model folder or a RUN_DIR (``from_pretrained`` resolves ``RUN_DIR/model``), 'default',
+    or an image / product starting point (``efficientnet-lite0``, ``small-cnn``, ``timm:NAME``, ``multimodal``:
+    zero-shot, Euclidean, no calibrator)."""
+    from metric_sim.encoders.starting import IMAGE_STARTING_POINTS, MULTIMODAL_STARTING_POINT
     from metric_sim.model import SimilarityModel
 
+    if value in (*IMAGE_STARTING_POINTS, MULTIMODAL_STARTING_POINT) or value.startswith("timm:"):
+        from metric_sim.encoders.starting import encoder_from_start
+
+        return SimilarityModel(encoder_from_start(value), "euclidean")
     return SimilarityModel.from_pretrained(value)

@@ -12,12 +12,13 @@ from metric_sim.storage import read_json
 def add_export_parser(sub: Subparsers) -> None:
     export = sub.add_parser(
         "export",
-        help="write one folder that metric-sim, sentence-transformers, transformers and ONNX Runtime load",
+        help="write one folder that metric-sim, sentence-transformers, transformers and ONNX Runtime load "
+        "(image and title + image models: metric-sim and ONNX Runtime, with preprocessing.json)",
     )
     export.add_argument("source", help="run folder (RUN_DIR with model/), a model folder, or 'default'")
     export.add_argument("--out", required=True, help="folder to create (written under a temporary name, renamed at the end)")
-    export.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx (pooling and normalisation inside the graph)")
-    export.add_argument("--quantize", choices=["int8"], default=None, help="also write onnx/model_int8.onnx (implies --onnx)")
+    export.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx (pooling or backbone, projection and normalisation inside the graph)")
+    export.add_argument("--quantize", choices=["int8"], default=None, help="also write onnx/model_int8.onnx (implies --onnx; text models only)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: %(default)s)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     export.add_argument("--json", action="store_true", help="print the export's metric_sim.json")
@@ -33,7 +34,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         print_json(config)
         return EXIT_OK
     print(f"exported {args.source} -> {out}")
-    print(f"metric: {config['metric']}; encoder: {config['encoder']}")
+    encoder = config["encoder"]
+    if encoder.get("kind") in ("image", "multimodal"):  # their settings (backbone, preprocessing) fill screens
+        print(f"metric: {config['metric']}; encoder: {encoder['kind']}; preprocessing: {config['export']['preprocessing']}")
+    else:
+        print(f"metric: {config['metric']}; encoder: {encoder}")
     calibrator = config.get("calibrator")
     print(f"threshold: {calibrator['threshold']:.6g}" if calibrator else "calibrator: none")
     for kind, info in config["export"].get("onnx", {}).get("files", {}).items():

@@ -15,7 +15,14 @@ logger = logging.getLogger(__name__)
 
 def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or RUN_DIR (RUN_DIR/model), or 'default'")
-    parser.add_argument("--corpus", required=True, help="texts: .txt (one per line) or .tsv/.csv/.jsonl/.parquet[.gz] with --text-column")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="texts: .txt (one per line) or .tsv/.csv/.jsonl/.parquet[.gz] with --text-column")
+    source.add_argument("--images", metavar="PATH",
+                        help="images: a folder (searched recursively), a .zip read in place, or an image list file "
+                             "(path, class[, coarse class] per line); ids are the paths relative to it")
+    source.add_argument("--records", metavar="FILE_OR_PRESET",
+                        help="product records for a multimodal model: a .jsonl of {title, image, description, id} "
+                             "(images relative to the file), or 'grocery' for that preset's catalogue")
     parser.add_argument("--text-column", default=None, help="column holding the texts (tables; default: text)")
     parser.add_argument("--id-column", default=None, help="column holding unique ids (default: line number / row)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
@@ -38,11 +45,24 @@ def _index_params(args: argparse.Namespace) -> dict[str, int]:
     return {name: getattr(args, name) for name in ("M", "efConstruction", "efSearch", "nlist", "nprobe") if getattr(args, name) is not None}
 
 
+def _load_items(args: argparse.Namespace) -> Any:
+    """The corpus to index: texts (--corpus), images (--images) or product records (--records)."""
+    from metric_sim.data import Corpus, load_corpus
+
+    if args.corpus is not None:
+        return load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    if args.text_column or args.id_column:
+        raise UsageError("--text-column and --id-column apply to --corpus only")
+    from metric_sim.data.image_presets import image_corpus, record_corpus
+
+    ids, items, source = image_corpus(args.images) if args.images is not None else record_corpus(args.records)
+    return Corpus(ids=ids, texts=items, source=source)
+
+
 def _build_corpus_index(args: argparse.Namespace) -> tuple[Any, Any]:
-    from metric_sim.data import load_corpus
     from metric_sim.index import NeighborIndex
 
-    corpus = load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    corpus = _load_items(args)
     model = load_similarity_model(args.model)
     logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
     index = NeighborIndex.build(
@@ -69,7 +89,6 @@ def add_index_parser(sub: Subparsers) -> None:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from metric_sim.data import load_corpus
     from metric_sim.index import check_save_target
     from metric_sim.index.sharded import SHARD_SIZE, build_index_sharded
     from metric_sim.validation import require_positive_int
@@ -80,7 +99,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         raise UsageError(f"--out {args.out}: {exc}") from None
     shard_size = require_positive_int("--shard-size", args.shard_size) if args.shard_size is not None else SHARD_SIZE
-    corpus = load_corpus(args.corpus, text_column=args.text_column, id_column=args.id_column)
+    corpus = _load_items(args)
     model = load_similarity_model(args.model)
     logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
     # One code path with or without torchrun: each rank encodes its shards, rank 0 builds the index.
@@ -110,7 +129,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"indexed {summary['items']:,} texts from {corpus.source} ({index.kind}, {index.metric.value}, dim {index.dim}) in {summary['seconds']} s")
+        print(f"indexed {summary['items']:,} items from {corpus.source} ({index.kind}, {index.metric.value}, dim {index.dim}) in {summary['seconds']} s")
         print(f"wrote {out}")
         if index.calibrator is None:
             print("note: the model has no calibrator, so queries report distances but no probabilities")
@@ -118,9 +137,13 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def add_query_parser(sub: Subparsers) -> None:
-    query = sub.add_parser("query", help="nearest stored items of one or more query texts")
+    query = sub.add_parser("query", help="nearest stored items of one or more query texts, images or products")
     query.add_argument("index_dir", help="folder written by `metric-sim index build`")
-    query.add_argument("texts", nargs="+", help="query text(s)")
+    query.add_argument("texts", nargs="*", help="query text(s) (for a product index: titles)")
+    query.add_argument("--image", action="append", default=[], metavar="PHOTO",
+                       help="query image file (repeatable); for a product index with one --text: one record")
+    query.add_argument("--text", action="append", default=[], metavar="TITLE",
+                       help="query text; for a product index, a title (with one --image: title + image)")
     query.add_argument("-k", type=int, default=5, help="neighbours per query (default: %(default)s)")
     limit = query.add_mutually_exclusive_group()
     limit.add_argument("--min-prob", type=float, default=None, help="only neighbours with calibrated p(similar) >= P")
@@ -144,12 +167,35 @@ def cmd_query(args: argparse.Namespace) -> int:
     search_params = {name: getattr(args, name) for name in ("efSearch", "nprobe") if getattr(args, name) is not None}
     if search_params:
         index.set_search_params(**search_params)
-    results = index.search(args.texts, k=args.k, min_prob=args.min_prob, max_distance=args.max_distance)
+    queries = _query_items(index.model.encoder.kind, list(args.texts) + list(args.text), args.image)
+    results = index.search(queries, k=args.k, min_prob=args.min_prob, max_distance=args.max_distance)
     if args.json:
         print_json({"index": str(args.index_dir), "k": args.k, "min_prob": args.min_prob, "max_distance": args.max_distance, "results": [r.to_dict() for r in results]})
     else:
         print(format_results(results))
     return EXIT_OK
+
+
+def _query_items(kind: str, texts: list[str], images: list[str]) -> list[Any]:
+    """Query items for an index of ``kind``: texts, image paths, or product records built from both."""
+    import os
+
+    from metric_sim.images import describe_record
+
+    images = [os.path.abspath(os.path.expanduser(p)) for p in images]
+    if not texts and not images:
+        raise UsageError("give at least one query: texts, --text TITLE or --image PHOTO")
+    if kind == "multimodal":
+        if len(texts) == 1 and len(images) == 1:  # one product: its title and its photo
+            return [describe_record({"title": texts[0], "image": images[0]})]
+        return [describe_record({"title": t}) for t in texts] + [describe_record({"image": p}) for p in images]
+    if kind == "image":
+        if texts:
+            raise UsageError(f"this index holds images: query it with --image PHOTO, not texts ({texts[0]!r})")
+        return images
+    if images:
+        raise UsageError(f"this index holds {kind} items (texts): --image applies to image and product indexes")
+    return texts
 
 
 def add_dedupe_parser(sub: Subparsers) -> None:

@@ -22,6 +22,7 @@ Presets give photo-photo pairs (:meth:`LabelledItems.to_pairs`); for a product m
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -40,6 +41,7 @@ from metric_sim.data.collections import (
     read_image_zip,
 )
 from metric_sim.data.delimited import DelimitedReader
+from metric_sim.data.loader import resolve_location
 from metric_sim.data.pairs import PairDataset
 from metric_sim.errors import DataError, InvalidArgumentError, MissingFileError
 from metric_sim.images import describe_record, record_id
@@ -49,13 +51,16 @@ __all__ = [
     "IMAGE_PRESETS",
     "PAIR_SEED",
     "SPLIT_SEED",
+    "as_image_records",
     "catalogue_pairs",
     "grocery_catalogue",
     "grocery_photos",
     "grocery_product_pairs",
+    "image_corpus",
     "image_splits",
     "omniglot_items",
     "orl_items",
+    "record_corpus",
 ]
 
 #: Seed of every preset split (which people, characters or photos go where). Fixed: changing
@@ -304,3 +309,53 @@ IMAGE_PRESETS: dict[str, tuple[str, tuple[str, ...], str, Callable[..., PairData
     "grocery-products": ("Grocery photo -> catalogue record (title + image) pairs; dev: held-out photos, "
                          "test: val.txt", ("train", "dev", "test"), "train", _product_loader),
 }
+
+
+def image_corpus(path: str | os.PathLike[str]) -> tuple[list[str], list[str], str]:
+    """``(ids, locations, source)`` of the images under a folder, inside a zip, or listed in an image
+    list file, to index or deduplicate. An id is the image's path relative to the folder (or its
+    member name in the zip, or its path as listed): stable and readable in results."""
+    location = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if location.is_dir():
+        collection = read_image_folder(location, depth=None)
+    elif location.suffix.lower() == ".zip":
+        collection = read_image_zip(location)
+    elif location.is_file():
+        collection = read_image_list(location)
+    else:
+        raise MissingFileError(f"--images {path}: no such folder, zip or image list file")
+    root = f"{location}!/" if location.suffix.lower() == ".zip" else f"{location if location.is_dir() else location.parent}/"
+    ids = [item[len(root):] if item.startswith(root) else item for item in collection.items]
+    return ids, list(collection.items), collection.source
+
+
+def record_corpus(name_or_path: str | os.PathLike[str]) -> tuple[list[str], list[str], str]:
+    """``(ids, records, source)`` of a product catalogue: the ``grocery`` preset's 81 entries
+    (id: the product class), or a JSON Lines file of records (``title``, ``image`` relative to
+    the file, optional ``description`` and ``id``; ids default to the line number)."""
+    if os.fspath(name_or_path) == "grocery":
+        catalogue = grocery_catalogue()
+        return list(catalogue.labels), list(catalogue.items), catalogue.source
+    path = Path(os.path.abspath(os.path.expanduser(os.fspath(name_or_path))))
+    if not path.is_file():
+        raise MissingFileError(f"--records {name_or_path}: no such file (or preset: grocery)")
+    ids, records = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not a JSON object ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(record, dict) or not ({"title", "image"} & set(record)):
+            raise DataError(f"{where}: a record needs a 'title' or an 'image' field, got {line[:80]!r}")
+        item_id = str(record.pop("id", number))
+        if record.get("image") is not None:
+            record["image"] = resolve_location(str(record["image"]), path.parent)
+            check_image(record["image"], where=f"{where}, field image")
+        ids.append(item_id)
+        records.append(describe_record(record))
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: record ids must be unique")
+    return ids, records, str(path)

@@ -16,6 +16,7 @@ from typing import Any
 from metric_sim.errors import CalibrationError, InvalidArgumentError
 from metric_sim.evaluation.examples import example_rows, pair_line
 from metric_sim.evaluation.figures import FIGURES, write_figures
+from metric_sim.evaluation.neighbours import write_neighbour_grid
 from metric_sim.evaluation.scoring import Evaluation, describe_split, evaluate
 from metric_sim.metrics import IN_SAMPLE_NOTE
 from metric_sim.model import SimilarityModel
@@ -133,7 +134,11 @@ def _report_markdown(payload: dict[str, Any], evaluations: Sequence[Evaluation],
             f"(in-sample best: accuracy {p['in_sample']['accuracy']:.4f}, F1 {p['in_sample']['f1']:.4f}); "
             f"ECE {c['ece']:.4f}; symmetry {ev.metrics['symmetry']['max_abs_difference']!r}."
         )
-    lines += ["", "Files: `metrics.json` (all numbers), " + ", ".join(f"`{f}`" for f in FIGURES.values()) + ".", ""]
+    extra = {name: file for name, file in payload["figures"].items() if file not in FIGURES.values()}
+    for name, file in extra.items():
+        lines += ["", f"### {name.replace('_', ' ').capitalize()}", "", f"![{name}]({file})"]
+    files = [*FIGURES.values(), *extra.values()]
+    lines += ["", "Files: `metrics.json` (all numbers), " + ", ".join(f"`{f}`" for f in files) + ".", ""]
     return "\n".join(lines)
 
 
@@ -143,8 +148,12 @@ def write_report(
     *,
     data: dict[str, Any],
     examples: list[str] | None = None,
+    extra_figures: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``report.md`` and the PNG figures; return the metrics payload.
+
+    ``extra_figures`` (name -> file in ``directory``) are pictures written by the caller,
+    listed and shown in the report after the standard ones.
 
     ``evaluations[0]`` is the model; later ones (a baseline) are drawn beside it.
     ``data`` describes the scored split: at least ``source``, ``split``, ``pairs``, ``positives``.
@@ -160,7 +169,7 @@ def write_report(
     out = Path(directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     split = str(data["split"])
-    figures = write_figures(evaluations, split, out)
+    figures = {**write_figures(evaluations, split, out), **(extra_figures or {})}
     payload = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -222,4 +231,8 @@ def evaluate_and_report(
         "calibration_pairs": len(calibration_pairs) if calibration_pairs is not None else None,
         **(data or {}),
     }
-    return write_report(report_dir, evaluations, data=info, examples=_report_examples(evaluations[0], pairs))
+    out = Path(report_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    grid = write_neighbour_grid(model, pairs, out, batch_size=batch_size)  # images and products only
+    return write_report(out, evaluations, data=info, examples=_report_examples(evaluations[0], pairs),
+                        extra_figures={"neighbours": grid.name} if grid is not None else None)

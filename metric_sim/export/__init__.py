@@ -20,8 +20,12 @@ renamed into place at the end (a crash never leaves a half-written export):
   quantised dynamically. Each graph is checked against PyTorch on sample texts before
   the export is kept.
 
-Only text encoders (a transformers model) can be exported; the bundle is assembled
-by :mod:`~metric_sim.export.bundle`.
+Image encoders (kind ``image``) and title + image product encoders (kind ``multimodal``)
+are exported by :mod:`~metric_sim.export.image`: their own saved folder, ``preprocessing.json``
+(every step from a picture to the input tensor), ``onnx/model.onnx`` (one graph from pixels,
+and token ids for products, to the final vector; no int8) and a model card; the
+sentence-transformers layout does not apply to them. The bundle is assembled by
+:mod:`~metric_sim.export.bundle`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from __future__ import annotations
 from metric_sim.errors import ExportError
 from metric_sim.export.bundle import export_model
 from metric_sim.export.card import EXAMPLE_TEXTS, render_model_card, usage_snippets
+from metric_sim.export.image import PREPROCESSING_FILE, preprocessing_document
+from metric_sim.export.image_onnx import IMAGE_ONNX_OUTPUT, graph_inputs, product_inputs
 from metric_sim.export.onnx import (
     CHECK_TEXTS,
     DEFAULT_OPSET,
@@ -45,6 +51,7 @@ from metric_sim.export.onnx import (
 from metric_sim.export.sentence_transformers import write_sentence_transformers_layout
 from metric_sim.export.source import (
     EXPORTABLE_KIND,
+    EXPORTABLE_KINDS,
     ExportSource,
     default_model_path_or_none,
     library_versions,
@@ -58,21 +65,27 @@ __all__ = [
     "DEFAULT_OPSET",
     "EXAMPLE_TEXTS",
     "EXPORTABLE_KIND",
+    "EXPORTABLE_KINDS",
+    "IMAGE_ONNX_OUTPUT",
     "ONNX_DIR",
     "ONNX_FP32",
     "ONNX_INPUTS",
     "ONNX_INT8",
     "ONNX_OUTPUT",
     "ONNX_TOLERANCE",
+    "PREPROCESSING_FILE",
     "QUANTIZE_MODES",
     "ExportError",
     "ExportSource",
     "default_model_path_or_none",
     "export_model",
     "export_onnx",
+    "graph_inputs",
     "library_versions",
     "max_abs_diff",
     "onnx_input_names",
+    "preprocessing_document",
+    "product_inputs",
     "quantize_int8",
     "render_model_card",
     "resolve_source",

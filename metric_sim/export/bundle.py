@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metric_sim.encoders.image import ImageEncoder
+from metric_sim.encoders.multimodal import ProductEncoder
 from metric_sim.encoders.text import Encoder
 from metric_sim.errors import ExportError
 from metric_sim.export.card import render_model_card, usage_snippets
+from metric_sim.export.image import write_image_export
 from metric_sim.export.onnx import DEFAULT_OPSET, QUANTIZE_MODES, check_opset, write_onnx
 from metric_sim.export.sentence_transformers import write_sentence_transformers_layout
 from metric_sim.export.source import (
@@ -37,12 +40,30 @@ def _check_destination(out: Path, source: ExportSource, overwrite: bool) -> None
             raise ExportError(f"--out {str(out)!r} must not be inside or contain the source {str(src)!r}")
 
 
-def _exportable_encoder(model: SimilarityModel, source: ExportSource) -> Encoder:
-    """The model's encoder if it is a transformers text encoder; the layouts below are written for it only."""
+def _exportable_encoder(model: SimilarityModel, source: ExportSource) -> Encoder | ImageEncoder | ProductEncoder:
+    """The model's encoder if it is a transformers text, an image or a product encoder (the kinds written here)."""
     encoder = model.encoder
-    if not isinstance(encoder, Encoder):
+    if not isinstance(encoder, (Encoder, ImageEncoder, ProductEncoder)):
         raise not_exportable(source.model_dir, getattr(encoder, "kind", None) or type(encoder).__name__)
     return encoder
+
+
+def _write_text_export(staging: Path, model: SimilarityModel, encoder: Encoder, source: ExportSource,
+                       meta: dict[str, Any], *, name: str, onnx: bool, opset: int, quantize: str | None) -> None:
+    """Fill ``staging`` for a transformers text encoder: weights, tokenizer, sentence-transformers layout, ONNX, card."""
+    logger.info("export: writing weights, tokenizer and %s", CONFIG_FILE)
+    model.save(staging, extra=meta)
+    modules = write_sentence_transformers_layout(encoder, model.metric, staging)
+    meta["export"]["sentence_transformers_modules"] = modules
+    if onnx:
+        meta["export"]["onnx"] = write_onnx(encoder, staging, opset=opset, quantize=quantize)
+    config = read_json(staging / CONFIG_FILE)
+    config.update(meta)
+    write_json_atomic(staging / CONFIG_FILE, config)
+    dense = next((m for m in modules if m.endswith("_Dense")), None)
+    snippets = usage_snippets(encoder, model.metric, name, has_onnx=onnx, dense_dir=dense)
+    card = render_model_card(source, model, name=name, meta=meta, snippets=snippets)
+    (staging / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
 
 
 def export_model(
@@ -56,9 +77,10 @@ def export_model(
 ) -> Path:
     """Export a run (or a model folder, or ``"default"``) as a self-describing folder; returns its path.
 
-    ``quantize="int8"`` implies ``onnx=True``. Raises ``ExportError`` on bad arguments, for
-    an encoder that is not a transformers text encoder, or when the ONNX graph does not
-    reproduce PyTorch within ``ONNX_TOLERANCE``.
+    ``quantize="int8"`` implies ``onnx=True`` (text encoders only). Raises ``ExportError`` on
+    bad arguments, for an encoder that is not a transformers text, image or product encoder,
+    or when the ONNX graph does not reproduce PyTorch within the tolerance. Image and product
+    encoders are written by :func:`metric_sim.export.image.write_image_export`.
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ExportError(f"quantize must be one of {list(QUANTIZE_MODES)} or None, got {quantize!r}")
@@ -71,9 +93,14 @@ def export_model(
     _check_destination(target, resolved, overwrite)
     model = SimilarityModel.from_pretrained(resolved.model_dir)
     encoder = _exportable_encoder(model, resolved).eval()
+    images = not isinstance(encoder, Encoder)
+    if images and quantize is not None:
+        raise ExportError(f"quantize={quantize!r} applies to text encoders only, not to an encoder of kind "
+                          f"{encoder.kind!r} (image inputs would need static quantisation with calibration images); "
+                          "export it without --quantize")
     with atomic_dir(target) as staging:
         meta: dict[str, Any] = {
-            "versions": library_versions(with_onnx=onnx),
+            "versions": library_versions(with_onnx=onnx, with_images=images),
             "train_config_sha256": train_config_digest(resolved.train_config),
             "export": {
                 "source": (resolved.run_dir or resolved.model_dir).name,  # the name only: no local paths in a shared model
@@ -82,18 +109,11 @@ def export_model(
                 "fingerprint": encoder.fingerprint(),
             },
         }
-        logger.info("export: writing weights, tokenizer and %s", CONFIG_FILE)
-        model.save(staging, extra=meta)
-        modules = write_sentence_transformers_layout(encoder, model.metric, staging)
-        meta["export"]["sentence_transformers_modules"] = modules
-        if onnx:
-            meta["export"]["onnx"] = write_onnx(encoder, staging, opset=opset, quantize=quantize)
-        config = read_json(staging / CONFIG_FILE)
-        config.update(meta)
-        write_json_atomic(staging / CONFIG_FILE, config)
-        dense = next((m for m in modules if m.endswith("_Dense")), None)
-        snippets = usage_snippets(encoder, model.metric, target.name, has_onnx=onnx, dense_dir=dense)
-        card = render_model_card(resolved, model, name=target.name, meta=meta, snippets=snippets)
-        (staging / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+        if images:
+            write_image_export(staging, model, resolved, meta, name=target.name, onnx=onnx, opset=opset)
+        else:
+            assert isinstance(encoder, Encoder)
+            _write_text_export(staging, model, encoder, resolved, meta, name=target.name, onnx=onnx, opset=opset,
+                               quantize=quantize)
     logger.info("export: wrote %s in %.1f s", target, time.perf_counter() - started)
     return target

@@ -149,6 +149,18 @@ def usage_snippets(encoder: Encoder, metric: Metric, name: str, *, has_onnx: boo
     return snippets
 
 
+def calibrator_lines(model: SimilarityModel) -> list[str]:
+    """The card's calibrator and decision-threshold bullets."""
+    if model.calibrator is None:
+        return ["- calibrator: none (this model gives distances but no probabilities or decisions)"]
+    cal = model.calibrator
+    return [
+        f"- calibrator: p(similar | d) = {cal.formula}, fitted on "
+        f"{format_value(cal.fitted_on) if cal.fitted_on else 'held-out pairs'} ({cal.n_fit:,} pairs)",
+        f"- **decision threshold: similar when d <= {cal.threshold:.6g}**",
+    ]
+
+
 def run_sections(source: ExportSource, meta: dict[str, Any]) -> list[str]:
     """The card's "Training" and "Evaluation" sections, from the run's train_config.json and metrics.json."""
     cfg = source.train_config or {}
@@ -235,15 +247,7 @@ def render_model_card(
         f"projection head: {'yes' if projection_head(encoder) is not None else 'no'}; max sequence length: {encoder.max_length} tokens",
         f"- metric: {metric.value} (L{metric.p}) on the raw embeddings",
     ]
-    if model.calibrator is not None:
-        cal = model.calibrator
-        card += [
-            f"- calibrator: p(similar | d) = {cal.formula}, fitted on "
-            f"{format_value(cal.fitted_on) if cal.fitted_on else 'held-out pairs'} ({cal.n_fit:,} pairs)",
-            f"- **decision threshold: similar when d <= {cal.threshold:.6g}**",
-        ]
-    else:
-        card.append("- calibrator: none (this model gives distances but no probabilities or decisions)")
+    card += calibrator_lines(model)
     card += run_sections(source, meta)
     onnx_meta = meta.get("export", {}).get("onnx")
     if onnx_meta:

@@ -24,11 +24,15 @@ from metric_sim.layout import (
 from metric_sim.schema import SavedFields, read_json_file
 from metric_sim.storage import package_versions
 
-# The encoder kind (``encoder.kind`` in metric_sim.json) an export can write: a transformers text encoder.
+# The encoder kinds (``encoder.kind`` in metric_sim.json) an export can write: a transformers text
+# encoder (the full layout), an image encoder and a title + image product encoder (metric_sim.export.image).
 EXPORTABLE_KIND = "transformers"
+IMAGE_KINDS = ("image", "multimodal")
+EXPORTABLE_KINDS = (EXPORTABLE_KIND, *IMAGE_KINDS)
 # Recorded in metric_sim.json as versions[name with "_" for "-"].
 EXPORT_PACKAGES = ("torch", "transformers", "pytorch-metric-learning", "tokenizers", "safetensors")
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+IMAGE_PACKAGES = ("torchvision", "timm", "pillow")
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,11 @@ class ExportSource:
 
 
 def not_exportable(where: str | os.PathLike[str], kind: str) -> ExportError:
-    """The error for a model whose encoder is not a transformers text encoder."""
+    """The error for a model whose encoder is none of the exportable kinds."""
     return ExportError(
         f"{where} holds an encoder of kind {kind!r}; only text encoders of kind {EXPORTABLE_KIND!r} "
-        "(a transformers model, metric_sim.encoders.text.Encoder) can be exported"
+        "(a transformers model, metric_sim.encoders.text.Encoder), image encoders (kind 'image') and "
+        "title + image product encoders (kind 'multimodal') can be exported"
     )
 
 
@@ -97,9 +102,9 @@ def resolve_source(source: str | os.PathLike[str]) -> ExportSource:
     model_dir = resolved.folder
     assert model_dir is not None  # an existing folder is never a hub id
     kind = _saved_encoder_kind(model_dir)
-    if kind not in (None, EXPORTABLE_KIND):  # before the config.json check: other kinds have none
+    if kind not in (None, *EXPORTABLE_KINDS):  # before the config.json check: other kinds have none
         raise not_exportable(model_dir, kind)
-    if not (model_dir / HF_CONFIG_FILE).is_file():
+    if kind not in IMAGE_KINDS and not (model_dir / HF_CONFIG_FILE).is_file():  # image kinds have no top config.json
         raise ExportError(
             f"source {str(source)!r} is neither a run folder (no model/{HF_CONFIG_FILE}) nor a model folder (no {HF_CONFIG_FILE})"
         )
@@ -127,8 +132,8 @@ def train_config_digest(train_config: dict[str, Any] | None) -> str | None:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def library_versions(*, with_onnx: bool = False) -> dict[str, str]:
+def library_versions(*, with_onnx: bool = False, with_images: bool = False) -> dict[str, str]:
     """``metric_sim``, ``python`` and the export's libraries; keys spell ``-`` as ``_`` (the file format)."""
-    names = ["metric-sim", *EXPORT_PACKAGES, *(ONNX_PACKAGES if with_onnx else ())]
+    names = ["metric-sim", *EXPORT_PACKAGES, *(IMAGE_PACKAGES if with_images else ()), *(ONNX_PACKAGES if with_onnx else ())]
     installed = {name.replace("-", "_"): version for name, version in package_versions(names).items()}
     return {"metric_sim": installed.pop("metric_sim"), "python": platform.python_version(), **installed}
