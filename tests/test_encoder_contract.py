@@ -180,14 +180,15 @@ def test_sharded_build_is_bit_identical_to_one_process(case, tmp_path):
     np.testing.assert_array_equal(built.index.embeddings(), single.embeddings())
 
 
-def test_export_applies_to_transformers_encoders_only(case, tmp_path):
+def test_export_applies_to_text_image_and_product_encoders(case, tmp_path):
     from metric_sim.export import export_model
 
     kind, encoder, items = case
     folder = _model(encoder).save(tmp_path / "model")
-    if kind != "transformers":
+    if kind not in ("transformers", "image", "multimodal"):
         with pytest.raises(ExportError, match="transformers"):
             export_model(folder, tmp_path / "export")
         return
     exported = SimilarityModel.from_pretrained(export_model(folder, tmp_path / "export"))
     np.testing.assert_allclose(exported.embed(items), encoder.encode(items), atol=1e-6)
+    assert exported.encoder.fingerprint() == encoder.fingerprint()

@@ -25,7 +25,9 @@ def print_json(payload: Any) -> None:
 
 def add_pair_source_args(parser: argparse.ArgumentParser) -> None:
     """--preset NAME or explicit column flags, shared by every command that reads pairs."""
-    parser.add_argument("--preset", help="named layout: qqp, stsb, sick, mrpc, paws")
+    parser.add_argument("--preset", help="named data set: qqp, stsb, sick, mrpc, paws, orl, omniglot, grocery, grocery-products")
+    parser.add_argument("--items", choices=["text", "image"], default="text",
+                        help="what the two item columns hold: texts, or image paths relative to the file (default: text)")
     parser.add_argument("--text-a", default=None, help="column of the first text (name, or 0-based index with --no-header)")
     parser.add_argument("--text-b", default=None, help="column of the second text")
     parser.add_argument("--label", default=None, help="column of the 0/1 label")
@@ -84,6 +86,8 @@ def load_pairs_from_args(
         raise UsageError(f"--split {split!r} needs --split-file FILE (a tsv with columns id, split), or a --preset with splits")
     header = not args.no_header
     kwargs: dict[str, Any] = {"header": header, "on_bad_row": on_bad_row}
+    if getattr(args, "items", "text") != "text":
+        kwargs["items"] = args.items
     for key in ("text_a", "text_b", "label", "id_a", "id_b", "pair_id"):
         column = parse_column(getattr(args, key, None), header)
         if column is not None:

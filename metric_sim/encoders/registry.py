@@ -80,6 +80,10 @@ def load_encoder(
     settings = read_encoder_settings(source)
     kind = settings.pop("kind", LEGACY_KIND)
     if backend == "onnx":
+        if kind in ("image", "multimodal"):
+            raise EncoderLoadError(f"{source.name}: backend='onnx' runs exported text models only; this {kind} "
+                                   "model's onnx/model.onnx takes preprocessed pixels (see preprocessing.json and "
+                                   "README.md); load it with backend='torch'")
         kind = "onnx"
     elif backend == "torch" and kind == "onnx":
         raise EncoderLoadError(f"{source.name} holds an ONNX encoder (no PyTorch weights); load it with backend='onnx'")

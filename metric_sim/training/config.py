@@ -376,6 +376,11 @@ def _require_shallow(key: str, value: Any) -> None:
             _require_shallow(f"{key}.{name}", child)
         return
     children = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
+    if key.startswith("encoder_options.") and isinstance(value, Mapping):
+        # an option's own mapping may hold short lists of scalars (a crop scale [0.8, 1.0], an image size)
+        for name, child in value.items():
+            _require_shallow(f"{key}.{name}", child)
+        return
     for child in children:
         if isinstance(child, (Mapping, list)):
             raise InvalidArgumentTypeError(
