@@ -21,6 +21,12 @@ CONFIG_FILE = "metric_sim.json"  # encoder settings, metric, calibrator, provena
 FORMAT_VERSION = 1  # of metric_sim.json
 HF_CONFIG_FILE = "config.json"  # transformers' own config
 PROJECTION_FILE = "projection.safetensors"
+IMAGE_WEIGHTS_FILE = "image_weights.safetensors"  # a saved image encoder: backbone.* and projection.*
+IMAGE_BACKBONE_DIR = "backbone"  # ... and, for a transformers vision backbone, its config.json here
+PRODUCT_TEXT_DIR = "text"  # a saved product encoder: its text part,
+PRODUCT_IMAGE_DIR = "image"  # its image part,
+FUSION_FILE = "fusion.safetensors"  # and the fusion head
+PREPROCESSING_FILE = "preprocessing.json"  # an image export: how to turn a picture into the graph's input
 DEFAULT_MODEL = "default"  # the name that loads the packaged all-MiniLM-L6-v2
 
 # training run folder (RUN_DIR)

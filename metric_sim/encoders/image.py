@@ -57,13 +57,13 @@ from metric_sim.errors import (
     InvalidArgumentTypeError,
 )
 from metric_sim.images import describe_image, image_id, is_image_item, open_image
-from metric_sim.layout import CONFIG_FILE, ModelSource, resolve_model_source
+from metric_sim.layout import CONFIG_FILE, IMAGE_WEIGHTS_FILE, ModelSource, resolve_model_source
 from metric_sim.storage import atomic_dir
 
 __all__ = ["DEFAULT_IMAGE_MODEL", "WEIGHTS_FILE", "ImageEncoder", "image_encoder_from_name"]
 
 DEFAULT_IMAGE_MODEL = EFFICIENTNET_LITE0
-WEIGHTS_FILE = "image_weights.safetensors"  # the whole module: backbone.* and projection.*
+WEIGHTS_FILE = IMAGE_WEIGHTS_FILE
 # Config entries of a transformers backbone that change on save/load without changing the function.
 _VOLATILE_HF_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "name_or_path"}
 

@@ -28,9 +28,10 @@ from torch import nn
 
 from metric_sim.encoders.small_cnn import SmallCNN
 from metric_sim.errors import EncoderLoadError, InvalidArgumentError
+from metric_sim.layout import IMAGE_BACKBONE_DIR
 
 BACKBONE_SOURCES = ("timm", "small-cnn", "hf")
-HF_CONFIG_DIR = "backbone"  # subfolder of a saved image encoder holding a transformers config.json
+HF_CONFIG_DIR = IMAGE_BACKBONE_DIR
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 # Checked on real Grocery photos of ImageNet classes (see image_encoder_from_name): TF "same"
 # padding and the (0.5, 0.5, 0.5) mean/std are what these weights were trained with.

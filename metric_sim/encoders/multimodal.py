@@ -47,15 +47,20 @@ from metric_sim.errors import (
     InvalidArgumentTypeError,
 )
 from metric_sim.images import IMAGE_FIELD, describe_record, is_image_item, record_id
-from metric_sim.layout import CONFIG_FILE, DEFAULT_MODEL, ModelSource
+from metric_sim.layout import (
+    CONFIG_FILE,
+    DEFAULT_MODEL,
+    FUSION_FILE,
+    PRODUCT_IMAGE_DIR,
+    PRODUCT_TEXT_DIR,
+    ModelSource,
+)
 from metric_sim.storage import atomic_dir
 
 __all__ = ["TEXT_FIELDS", "ProductEncoder", "identity_fusion", "parse_record", "product_encoder_from_names"]
 
 TEXT_FIELDS = ("title", "description")
-TEXT_DIR = "text"  # subfolders of a saved product encoder
-IMAGE_DIR = "image"
-FUSION_FILE = "fusion.safetensors"
+TEXT_DIR, IMAGE_DIR = PRODUCT_TEXT_DIR, PRODUCT_IMAGE_DIR
 _TEXT_PREFIX = "text_"  # collate's keys for the text encoder's inputs
 
 

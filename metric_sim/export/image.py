@@ -33,13 +33,12 @@ from metric_sim.export.image_onnx import (
     write_image_onnx,
 )
 from metric_sim.export.source import ExportSource
-from metric_sim.layout import CONFIG_FILE, MODEL_CARD_FILE
+from metric_sim.layout import CONFIG_FILE, MODEL_CARD_FILE, PREPROCESSING_FILE
 from metric_sim.model import SimilarityModel
 from metric_sim.storage import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_FILE = "preprocessing.json"
 PREPROCESSING_FORMAT = 1
 SENTENCE_TRANSFORMERS_SKIPPED = "not written: the sentence-transformers layout describes text models only"
 # How the resize of the pipeline (torchvision, antialiased, on 8-bit pixels) is reproduced elsewhere.
