@@ -234,7 +234,7 @@ class ProductEncoder(nn.Module, TrainableEncoder):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with self.image.channels_last(), torch.inference_mode():
                 return embed_in_order(len(records), self.item_sizes(records), embed_rows, dim=self.embedding_dim,
                                       batch_size=batch_size, show_progress=show_progress, unit="record")
         finally:
