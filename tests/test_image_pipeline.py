@@ -197,3 +197,16 @@ def test_corpus_readers_name_what_is_wrong(faces, tmp_path):
     bad.write_text('{"title": "x", "image": "nowhere.png"}\n')
     with pytest.raises(MissingFileError, match=r"line 1, field image"):
         record_corpus(bad)
+
+
+def test_data_check_on_an_image_collection(faces, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(faces, root)
+    (root / "bob" / "broken.png").write_bytes(b"not a png")
+    assert main(["data", "check", "--images", str(root), "--on-bad-row", "skip", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 31 and summary["identities"] == 6 and summary["report"]["skipped"]["bad_image"] == 1
+    assert main(["data", "check", "--images", str(root)]) == 2  # strict by default: the broken file is named
+    assert "broken.png" in capsys.readouterr().err
