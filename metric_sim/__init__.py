@@ -106,9 +106,39 @@ _EXPORTS: dict[str, str] = {
     "fine_tune_demo": "metric_sim.training.demo",
     "TrainResult": "metric_sim.training.run",
     "train": "metric_sim.training.run",
+    "LabelledItems": "metric_sim.data.collections",
+    "read_image_folder": "metric_sim.data.collections",
+    "read_image_list": "metric_sim.data.collections",
+    "read_image_zip": "metric_sim.data.collections",
+    "ImageEncoder": "metric_sim.encoders.image",
+    "image_encoder_from_name": "metric_sim.encoders.image",
+    "ProductEncoder": "metric_sim.encoders.multimodal",
+    "product_encoder_from_names": "metric_sim.encoders.multimodal",
+    "encoder_from_start": "metric_sim.encoders.starting",
+    "catalogue_retrieval": "metric_sim.evaluation.catalogue",
+    "plot_neighbour_grid": "metric_sim.evaluation.image_grid",
+    "one_shot_accuracies": "metric_sim.evaluation.oneshot",
+    "one_shot_accuracy": "metric_sim.evaluation.oneshot",
+    "image_id": "metric_sim.images",
+    "open_image": "metric_sim.images",
 }
 
 __all__ = [
+    "LabelledItems",
+    "read_image_folder",
+    "read_image_list",
+    "read_image_zip",
+    "ImageEncoder",
+    "image_encoder_from_name",
+    "ProductEncoder",
+    "product_encoder_from_names",
+    "encoder_from_start",
+    "catalogue_retrieval",
+    "plot_neighbour_grid",
+    "one_shot_accuracies",
+    "one_shot_accuracy",
+    "image_id",
+    "open_image",
     "CalibrationError",
     "Calibrator",
     "ConfigError",
@@ -201,6 +231,12 @@ if TYPE_CHECKING:
     from metric_sim.clusters import (
         UnionFind,
     )
+    from metric_sim.data.collections import (
+        LabelledItems,
+        read_image_folder,
+        read_image_list,
+        read_image_zip,
+    )
     from metric_sim.data.corpus import (
         Corpus,
         load_corpus,
@@ -230,6 +266,14 @@ if TYPE_CHECKING:
         ItemEncoder,
         TrainableEncoder,
     )
+    from metric_sim.encoders.image import (
+        ImageEncoder,
+        image_encoder_from_name,
+    )
+    from metric_sim.encoders.multimodal import (
+        ProductEncoder,
+        product_encoder_from_names,
+    )
     from metric_sim.encoders.onnx import (
         OnnxEncoder,
     )
@@ -237,6 +281,9 @@ if TYPE_CHECKING:
         list_encoders,
         load_encoder,
         register_encoder,
+    )
+    from metric_sim.encoders.starting import (
+        encoder_from_start,
     )
     from metric_sim.encoders.text import (
         Encoder,
@@ -266,8 +313,22 @@ if TYPE_CHECKING:
         example_pair_lines,
         write_report,
     )
+    from metric_sim.evaluation.catalogue import (
+        catalogue_retrieval,
+    )
+    from metric_sim.evaluation.image_grid import (
+        plot_neighbour_grid,
+    )
+    from metric_sim.evaluation.oneshot import (
+        one_shot_accuracies,
+        one_shot_accuracy,
+    )
     from metric_sim.export import (
         export_model,
+    )
+    from metric_sim.images import (
+        image_id,
+        open_image,
     )
     from metric_sim.index import (
         DedupeResult,
