@@ -211,8 +211,8 @@ def _retrieval_rows(encoder: Any, photos: Any, catalogue: Any, metric: str) -> d
     for parts in ("image", "title", "both"):
         gallery = encoder.encode(_records(catalogue, parts), batch_size=32)
         result = catalogue_retrieval(queries, photos.labels, gallery, catalogue.labels, metric=metric, ks=(1, 5))
-        recall = {int(k): v for k, v in result["recall_at_k"].items()}
-        out[parts] = {"R@1": recall[1], "R@5": recall[5], "mrr": result["mrr"], "queries": result["queries"]}
+        out[parts] = {"R@1": result["recall_at_1"], "R@5": result["recall_at_5"], "mrr": result["mrr"],
+                      "queries": result["queries"]}
     return out
 
 

@@ -146,6 +146,10 @@ def resolve_model_source(name_or_path: str | os.PathLike[str]) -> ModelSource:
         folder = resolve_model_dir(path)
         if folder != path:
             return ModelSource(name, "run", str(folder), folder, path)
+        if (path / TRAIN_CONFIG_FILE).is_file() and not (path / CONFIG_FILE).is_file() \
+                and not (path / HF_CONFIG_FILE).is_file():
+            raise EncoderLoadError(f"{name!r} is a run folder without a finished model (no {MODEL_DIR}/): the run "
+                                   "failed or is still training; finish it (metric-sim train --out RUN --resume)")
         return ModelSource(name, "folder", str(path), path)
     if path.exists():
         raise EncoderLoadError(
