@@ -168,6 +168,12 @@ def test_recipes_find_their_data(recipe, monkeypatch):
         # The official STS-B train/dev files themselves share 150 of the 1,960 dev sentences;
         # the recipe keeps the official split, so only bound the overlap it inherits.
         assert len(shared) <= 150
+    elif config.preset == "grocery-products":
+        # A closed catalogue: both splits match photos against the same 81 entries; the photos
+        # themselves are split (by photo within each product), so only catalogue entries are shared.
+        from metric_sim.data.image_presets import grocery_catalogue
+
+        assert shared and shared <= set(grocery_catalogue(DATA_DIR).ids)
     else:
         # Leakage-free: no text id in both splits (QQP's split.tsv is by question id).
         assert not shared
