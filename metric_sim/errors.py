@@ -26,9 +26,13 @@ __all__ = [
     "MetricSimError",
     "MissingFileError",
     "OnnxModelError",
+    "AuthenticationError",
+    "ServiceError",
+    "ServiceUnavailableError",
     "ShardError",
     "TargetExistsError",
     "TrainingError",
+    "UnknownIdError",
     "UsageError",
 ]
 
@@ -136,3 +140,26 @@ class ShardError(MetricSimError, ValueError):
 
 class ExportError(MetricSimError, ValueError):
     """An export that cannot be written, or whose graph does not reproduce the model."""
+
+
+class ServiceError(MetricSimError):
+    """The service answered with an error the library has no closer class for (e.g. a 500)."""
+
+    status_code: int | None = None  # set on errors made from a reply; None for connection failures
+    error_type: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:  # KeyError subclasses would otherwise show the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ServiceUnavailableError(ServiceError, ConnectionError):
+    """The service cannot be reached, timed out, or is not ready yet (503)."""
+
+
+class AuthenticationError(ServiceError, PermissionError):
+    """The service refused the bearer token (401/403): pass ``api_key`` / ``write_api_key``."""
+
+
+class UnknownIdError(ServiceError, KeyError):
+    """No stored item has this id (404); a ``KeyError`` like the library's ``NeighborIndex.remove``."""

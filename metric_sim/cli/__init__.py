@@ -40,6 +40,7 @@ from metric_sim.cli.export import add_export_parser
 from metric_sim.cli.index import add_dedupe_parser, add_index_parser, add_query_parser
 from metric_sim.cli.mine import add_mine_parser
 from metric_sim.cli.quickstart import add_quickstart_parser
+from metric_sim.cli.serve import add_serve_parser
 from metric_sim.cli.train import add_train_parser
 from metric_sim.errors import MetricSimError, UsageError
 
@@ -72,6 +73,7 @@ PARSER_BUILDERS: list[Callable[[Subparsers], None]] = [
     add_mine_parser,
     add_export_parser,
     add_train_parser,
+    add_serve_parser,
 ]
 
 
