@@ -567,3 +567,42 @@ def test_image_and_record_items():
             records.parse(bad, "x")
     with pytest.raises(ApiError, match="over the limit of 20"):
         records.parse({"title": "t" * 21}, "x")
+
+
+def test_an_image_model_is_served_like_a_text_model(tmp_path):
+    """Embeddings, similarity, live adds and search for an image model: items arrive as base64 files."""
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from metric_sim.encoders.image import image_encoder_from_name
+    from metric_sim.model import SimilarityModel
+    from metric_sim.serve import ServeConfig, create_app
+
+    encoder = image_encoder_from_name("small-cnn", seed=0, widths=[4, 8], in_channels=1,
+                                      preprocess={"size": 16, "resize": "squash", "mean": 0.5, "std": 0.5, "mode": "L"})
+    model = SimilarityModel(encoder, "euclidean")
+    model.save(tmp_path / "image-model")
+
+    def png(shade: int) -> tuple[str, bytes]:
+        out = io.BytesIO()
+        pixels = (np.arange(20 * 20).reshape(20, 20) * shade % 256).astype(np.uint8)
+        Image.fromarray(pixels).save(out, format="PNG")
+        return base64.b64encode(out.getvalue()).decode(), out.getvalue()
+
+    (a64, a_bytes), (b64, b_bytes) = png(3), png(7)
+    config = ServeConfig(model=str(tmp_path / "image-model"), data_dir=str(tmp_path / "data"))
+    with TestClient(create_app(config)) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/ready").status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served = http.post("/v1/embeddings", json={"input": [{"image_base64": a64}, {"image_base64": b64}]}).json()
+        expected = model.embed([a_bytes, b_bytes])
+        np.testing.assert_allclose(np.array([row["embedding"] for row in served["data"]]), expected, atol=1e-5)
+        pair = http.post("/similarity", json={"pairs": [[{"image_base64": a64}, {"image_base64": b64}],
+                                                        [{"image_base64": b64}, {"image_base64": a64}]]}).json()
+        assert pair["results"][0]["distance"] == pair["results"][1]["distance"]
+        assert http.post("/items", json={"items": [{"id": "a", "item": {"image_base64": a64}},
+                                                   {"id": "b", "item": {"image_base64": b64}}]}).status_code == 200
+        hits = http.post("/search", json={"queries": [{"image_base64": b64}], "k": 2}).json()["results"][0]
+        assert [hit["id"] for hit in hits][0] == "b" and hits[0]["distance"] < 1e-5
+        _error(http.post("/search", json={"queries": ["/etc/passwd"]}), 422, "invalid_type")
