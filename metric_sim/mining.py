@@ -75,6 +75,7 @@ from metric_sim.validation import (
 from metric_sim.version import __version__
 
 __all__ = [
+    "ANCHOR_CHOICES",
     "SAMPLING_STRATEGIES",
     "MinedNegatives",
     "MiningOptions",
@@ -83,6 +84,7 @@ __all__ = [
     "sidecar_path",
 ]
 
+ANCHOR_CHOICES = ("all", "with_positives")
 SAMPLING_STRATEGIES = ("top", "random")
 FORMAT = "metric-sim mined negatives"
 FORMAT_VERSION = 1
@@ -104,6 +106,7 @@ class MiningOptions:
     sampling_strategy: str = "top"
     index_kind: str = "flat"
     seed: int = 0
+    anchors: str = "all"
 
     @classmethod
     def checked(cls, **options: Any) -> MiningOptions:
@@ -134,7 +137,8 @@ class MiningOptions:
         if not isinstance(kind, str):
             raise InvalidArgumentTypeError(f"index_kind must be a string, got {type(kind).__name__} {kind!r}")
         seed = require_non_negative_int("seed", options.get("seed", 0))
-        return cls(num, low, high, margin, top_p, sampling, kind, seed)
+        anchors = require_choice("anchors", options.get("anchors", "all"), ANCHOR_CHOICES)
+        return cls(num, low, high, margin, top_p, sampling, kind, seed, anchors)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -343,6 +347,7 @@ def mine_hard_negatives(
     search_batch_size: int = 1024,
     index_kind: str = "flat",
     seed: int = 0,
+    anchors: str = "all",
     show_progress: bool = False,
 ) -> MinedNegatives:
     """Up to ``num_negatives`` hard negatives per distinct item of ``pairs`` (see the module docstring).
@@ -353,13 +358,16 @@ def mine_hard_negatives(
     num_negatives`` when a guard or random sampling needs room to choose. ``batch_size``
     is the encoding batch; ``search_batch_size`` the anchors per k-NN search (the result
     does not depend on either). ``index_kind`` ``"flat"`` is exact; ``"hnsw"`` / ``"ivf"``
-    are faster on large corpora but may miss neighbours.
+    are faster on large corpora but may miss neighbours. ``anchors="with_positives"`` mines
+    only for items that have a labelled positive (in QQP most questions have none, and their
+    negatives dilute the positives without forming a triplet); the others are still candidates.
     """
     if not isinstance(model, SimilarityModel):
         raise InvalidArgumentTypeError(f"model must be a SimilarityModel, got {type(model).__name__}")
     options = MiningOptions.checked(num_negatives=num_negatives, range_min=range_min, range_max=range_max,
                                     relative_margin=relative_margin, max_probability=max_probability,
-                                    sampling_strategy=sampling_strategy, index_kind=index_kind, seed=seed)
+                                    sampling_strategy=sampling_strategy, index_kind=index_kind, seed=seed,
+                                    anchors=anchors)
     batch_size = require_positive_int("batch_size", batch_size)
     search_batch_size = require_positive_int("search_batch_size", search_batch_size)
     parse_index_kind(index_kind, model.metric)  # refuse a bad kind before the (slow) encoding
@@ -376,16 +384,17 @@ def mine_hard_negatives(
     reach = _positive_reach(corpus, embeddings, model.metric)
     # Enough neighbours that range_max remain after dropping the anchor's whole cluster.
     k = min(len(items), options.range_max + corpus.largest_cluster())
-    counts = {"anchors": len(items), "candidates": 0, "negatives": 0, "short_anchors": 0,
+    anchor_rows = np.arange(len(items)) if options.anchors == "all" else np.flatnonzero(~np.isnan(reach))
+    counts = {"anchors": int(anchor_rows.size), "candidates": 0, "negatives": 0, "short_anchors": 0,
               "anchors_without_positive": int(np.isnan(reach).sum()), **{f"skipped_{g}": 0 for g in GUARDS}}
     rows_a: list[int] = []
     rows_n: list[int] = []
     ranks: list[int] = []
     dists: list[float] = []
     probs: list[float] = []
-    progress = _progress(len(items), show_progress)
-    for start in range(0, len(items), search_batch_size):
-        chunk = np.arange(start, min(start + search_batch_size, len(items)))
+    progress = _progress(int(anchor_rows.size), show_progress)
+    for start in range(0, int(anchor_rows.size), search_batch_size):
+        chunk = anchor_rows[start:start + search_batch_size]
         for anchor, result in zip(chunk.tolist(), index.search_embeddings(embeddings[chunk], k=k), strict=True):
             found = np.fromiter((int(i) for i in result.ids), dtype=np.int64, count=len(result.ids))
             eligible = np.flatnonzero(corpus.cluster[found] != corpus.cluster[anchor])[: options.range_max]

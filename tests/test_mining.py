@@ -128,6 +128,21 @@ def test_mining_agrees_with_a_numpy_oracle(metric):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
+def test_anchors_with_positives_mines_only_those_and_the_same_negatives(metric):
+    pairs, embeddings = _toy_pairs()
+    mined = mine_hard_negatives(_identity_model(metric), pairs, num_negatives=3, range_max=9,
+                                anchors="with_positives", search_batch_size=4)
+    oracle, _ = _oracle(pairs, embeddings, metric)
+    with_positive = {int(i[1:]) for a, b, y in zip(pairs.ids_a, pairs.ids_b, pairs.labels, strict=True) if y
+                     for i in (a, b)}
+    assert set(_by_anchor(mined)) == with_positive  # every anchor with a positive, no other
+    _assert_same_negatives(mined, {a: neg for a, neg in oracle.items() if a in with_positive})
+    assert mined.counts["anchors"] == len(with_positive) and mined.options["anchors"] == "with_positives"
+    with pytest.raises(InvalidArgumentError, match="anchors"):
+        mine_hard_negatives(_identity_model(metric), pairs, anchors="some")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
 @pytest.mark.parametrize("guard", [{"range_min": 2}, {"range_min": 3, "range_max": 7}, {"relative_margin": 0.0},
                                    {"relative_margin": 0.3}])
 def test_each_guard_removes_exactly_what_the_oracle_says(metric, guard):

@@ -44,6 +44,8 @@ def add_mine_parser(sub: Subparsers) -> None:
     mine.add_argument("--sampling", choices=("top", "random"), default="top",
                       help="take the nearest candidates that pass, or a seeded random draw of them (default: %(default)s)")
     mine.add_argument("--seed", type=int, default=0, help="seed of --sampling random (default: %(default)s)")
+    mine.add_argument("--anchors", choices=("all", "with_positives"), default="all",
+                      help="mine for every item, or only for items with a labelled positive (default: %(default)s)")
     mine.add_argument("--kind", default="flat", help="index kind: flat (exact), hnsw or ivf (default: %(default)s)")
     mine.add_argument("--search-batch-size", type=int, default=1024,
                       help="anchors per k-NN search; bounds memory (default: %(default)s)")
@@ -59,7 +61,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     require_positive_int("--search-batch-size", args.search_batch_size)
     options = dict(num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
                    relative_margin=args.relative_margin, max_probability=args.max_prob,
-                   sampling_strategy=args.sampling, index_kind=args.kind, seed=args.seed)
+                   sampling_strategy=args.sampling, index_kind=args.kind, seed=args.seed, anchors=args.anchors)
     # Fail on a bad option before loading data and model, naming the flag the user typed.
     try:
         MiningOptions.checked(**options)

@@ -40,7 +40,7 @@ LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The mining options a ``hard_negatives`` block may set (besides file / mine): named as in mine_hard_negatives.
 _MINING_KEYS = ("num_negatives", "range_min", "range_max", "relative_margin", "max_probability",
-                "sampling_strategy", "index_kind", "seed")
+                "sampling_strategy", "index_kind", "seed", "anchors")
 HARD_NEGATIVE_KEYS = ("file", "mine", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
                  "epochs", "max_grad_norm"}
