@@ -253,6 +253,42 @@ def bench_grocery(work: Path, steps: int) -> dict[str, Any]:
     return out
 
 
+def _catalogue_forms(catalogue: Any) -> Any:
+    """The catalogue three times: full records, image only and title only (modality dropout for training)."""
+    from metric_sim.data.collections import LabelledItems
+    from metric_sim.images import describe_record, record_id
+
+    items, labels, coarse, ids = [], [], [], []
+    for parts in ("both", "image", "title"):
+        for record, label, group in zip(_records(catalogue, parts), catalogue.labels, catalogue.coarse, strict=True):
+            items.append(describe_record(record))
+            ids.append(record_id(record))
+            labels.append(label)
+            coarse.append(group)
+    return LabelledItems(items, labels, coarse, ids, f"{catalogue.source} (3 forms)")
+
+
+def bench_grocery_dropout(work: Path, steps: int) -> dict[str, Any]:
+    """The fusion head trained with catalogue entries shown in all three forms (title+image, image, title)."""
+    from metric_sim.data.image_presets import catalogue_pairs, grocery_catalogue, grocery_photos
+    from metric_sim.encoders.multimodal import product_encoder_from_names
+
+    train_photos, val_photos = grocery_photos("train"), grocery_photos("val")
+    catalogue = grocery_catalogue()
+    forms = _catalogue_forms(catalogue)
+    parts = train_photos.split_within_identities({"train": 0.85, "dev": 0.15}, seed=0)
+    train_pairs = catalogue_pairs(parts["train"], forms, seed=0)
+    dev_pairs = catalogue_pairs(parts["dev"], catalogue, seed=1)
+    config = {"preset": "grocery", "model": "multimodal", "metric": "euclidean", "freeze_encoder": True,
+              "projection_dim": 256, "normalize": True, "batch_size": 64, "max_steps": steps,
+              "eval_steps": max(20, steps // 5), "logging_steps": 20, "warmup_ratio": 0.05, "seed": 0,
+              "loss": "contrastive", "loss_params": {"pos_margin": 0.0, "neg_margin": 1.0}, "learning_rate": 1e-3,
+              "save_total_limit": 1}
+    result = _train(config, work / "grocery_fusion_dropout", product_encoder_from_names(), train_pairs, dev_pairs)
+    return {"train_pairs": len(train_pairs), "steps": steps,
+            "fusion_head_modality_dropout": _retrieval_rows(result.model.encoder, val_photos, catalogue, "euclidean")}
+
+
 # Speed ---------------------------------------------------------------------------------------------------
 def bench_speed(rounds: int = 3, n_images: int = 128) -> dict[str, Any]:
     import timm
@@ -319,7 +355,7 @@ def bench_speed(rounds: int = 3, n_images: int = 128) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="+", choices=["orl", "omniglot", "grocery", "speed"])
+    parser.add_argument("parts", nargs="+", choices=["orl", "omniglot", "grocery", "grocery_dropout", "speed"])
     parser.add_argument("--work", default="runs/bench_images")
     parser.add_argument("--json", default="benchmarks/results_images.json")
     parser.add_argument("--folds", type=int, default=5)
@@ -340,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             results["omniglot"] = bench_omniglot(work, args.omniglot_steps)
         elif part == "grocery":
             results["grocery"] = bench_grocery(work, args.grocery_steps)
+        elif part == "grocery_dropout":
+            results["grocery_dropout"] = bench_grocery_dropout(work, args.grocery_steps * 2)
         else:
             results["speed"] = bench_speed()
         results[part]["seconds"] = round(time.perf_counter() - started, 1)
