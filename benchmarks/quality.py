@@ -8,6 +8,7 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
 * ``ms_contrastive_l2/_l1``  metric-sim online contrastive (the task recipe, Manhattan variant);
 * ``ms_triplet``, ``ms_ntxent``, ``ms_frozen_head``  other metric-sim losses / frozen encoder;
 * ``st_online_contrastive``, ``st_mnrl``  sentence-transformers' own trainer and losses;
+* ``st_mnrl_hn``             MNRL on triplets from sentence-transformers' ``util.mine_hard_negatives``;
 * ``baselines``              MLP heads on frozen base embeddings: (a) concat, (b) (a) averaged
                              over both orders, (c) [|x-y|, x*y], (d) |x-y|; one row per seed;
 * ``tfidf``                  TF-IDF cosine (fitted on train texts).
@@ -16,6 +17,11 @@ Distance systems are calibrated with the library's ``Calibrator`` fitted on dev;
 with a Platt (one-feature logistic) fit on their dev logit. Symmetry scores every test pair in
 both orders. Expensive outputs (trained runs, embeddings, per-system distances or logits) are
 cached under ``--work`` so a crashed run resumes and ``--rescore`` only recomputes the tables.
+
+Fair-peer mode (``--lr-grid``): every fine-tuned system runs each learning rate and seed, keeps
+its best dev checkpoint, gets the lr with the best mean dev AP, and only then is scored on test
+(rows ``NAME_tuned``, mean ± sd over seeds), with a paired bootstrap interval of the test-AP
+difference between our best and the best peer (helpers in ``fair_peers.py``).
 
     PYTHONPATH=$PWD python benchmarks/quality.py --task qqp --work runs/bench_qqp \\
         --json benchmarks/results_quality_qqp.json --markdown benchmarks/results_quality_qqp.md
@@ -30,6 +36,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +48,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, markdown_table, mean_std, write_json  # noqa: E402
+from fair_peers import (  # noqa: E402
+    DEFAULT_LR_GRID,
+    choose_lr,
+    grid_summary,
+    lr_tag,
+    paired_bootstrap_ap_difference,
+    tuning_table,
+)
 
 from metric_sim import (  # noqa: E402
     Calibrator,
@@ -62,6 +77,12 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TASKS = {"qqp": "quora_duplicates.yaml", "stsb": "stsb_binary.yaml", "mrpc": "mrpc.yaml"}
 ST_LR = 2e-5  # sentence-transformers' documented default, as in ANCHORS.md
 ST_WARMUP = 0.1
+ST_BEST_METRIC = "eval_dev_euclidean_ap"  # BinaryClassificationEvaluator(name="dev", similarity_fn_names=["euclidean"])
+# util.mine_hard_negatives options: its docstring's example (rank window 10-50, max cosine 0.8,
+# relative margin 0.05, random sampling), one negative per (anchor, positive) pair so that the
+# step budget sees as many positives as the plain MNRL row.
+ST_MINING = {"range_min": 10, "range_max": 50, "max_score": 0.8, "relative_margin": 0.05, "num_negatives": 1,
+             "sampling_strategy": "random"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -160,6 +181,7 @@ class Context:
     seeds: list[int]
     reuse: dict[str, Path]
     train_seeds: list[int] | None = None  # fine-tune seeds; None: the recipe's seed only
+    keep_checkpoints: bool = False  # fair-peer cells: keep the Trainer checkpoints (about 360 MB each)
 
     def fine_tune_rows(self, name: str) -> list[tuple[str, int]]:
         """``(row, seed)`` per fine-tune seed: the recipe's seed keeps the plain name."""
@@ -210,6 +232,7 @@ def _rows_metric_sim(variant: str, label: str) -> Callable[[Context], None]:
         for row, seed in ctx.fine_tune_rows(name):
             if not ctx.store.has(row):
                 _metric_sim_row(ctx, name, row, _ms_config(ctx.task, variant).replace(seed=seed), label)
+    run.label = label  # type: ignore[attr-defined]  # the fair-peer mode names its tuned rows after it
     return run
 
 
@@ -235,12 +258,19 @@ def _metric_sim_row(ctx: Context, name: str, row: str, config: TrainConfig, labe
 
 
 def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_dir: Path, *, steps: int,
-                                batch_size: int, max_length: int, seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+                                batch_size: int, max_length: int, seed: int, callbacks: Sequence[Any] = (),
+                                learning_rate: float = ST_LR, dev: PairDataset | None = None, eval_steps: int | None = None,
+                                triplets: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Fine-tune with sentence-transformers' own trainer; save ``out_dir/model`` + ``st_train.json``.
 
     ``online_contrastive``: OnlineContrastiveLoss (cosine distance, margin 0.5) on all labelled
     pairs. ``mnrl``: MultipleNegativesRankingLoss on the similar pairs only, batches without
-    duplicate texts (its recommended sampler). lr 2e-5, warmup 0.1, fp32, seed as given.
+    duplicate texts (its recommended sampler). ``mnrl_hn``: the same loss on ``triplets``
+    (anchor, positive, negative) from ``util.mine_hard_negatives``. Warmup 0.1, fp32, lr and seed
+    as given. Without ``dev`` the final weights are kept (the trainer's default). With ``dev`` and
+    ``eval_steps``: a ``BinaryClassificationEvaluator`` scores dev AP of the Euclidean distance of
+    the (normalised) embeddings every ``eval_steps`` steps, a checkpoint is saved at each, and the
+    trainer's ``load_best_model_at_end`` keeps the best one, as metric-sim's trainer does.
     """
     from datasets import Dataset
     from sentence_transformers import (
@@ -261,6 +291,11 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
         keep = [i for i, label in enumerate(y) if label == 1]
         data = Dataset.from_dict({"anchor": [a[i] for i in keep], "positive": [b[i] for i in keep]})
         loss, sampler = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES
+    elif loss_name == "mnrl_hn":
+        if triplets is None:
+            raise ValueError("mnrl_hn needs the mined (anchor, positive, negative) triplets")
+        data = Dataset.from_dict({k: triplets[k] for k in ("anchor", "positive", "negative")})
+        loss, sampler = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES
     else:
         raise ValueError(f"unknown sentence-transformers loss {loss_name!r}")
     from transformers import TrainingArguments
@@ -268,18 +303,40 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     # transformers 5 folds warmup_ratio into warmup_steps (a float < 1 is a fraction); 4.x has both.
     fields = TrainingArguments.__dataclass_fields__
     warmup = {"warmup_ratio": ST_WARMUP} if "warmup_ratio" in fields else {"warmup_steps": ST_WARMUP}
+    evaluator, select = None, {"save_strategy": "no"}
+    if dev is not None and eval_steps:
+        try:
+            from sentence_transformers.sentence_transformer.evaluation import (
+                BinaryClassificationEvaluator,
+            )
+        except ImportError:  # sentence-transformers < 6
+            from sentence_transformers.evaluation import BinaryClassificationEvaluator
+        evaluator = BinaryClassificationEvaluator(dev.texts_a, dev.texts_b, dev.labels.tolist(), name="dev",
+                                                  batch_size=64, write_csv=False, similarity_fn_names=["euclidean"])
+        select = {"eval_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps", "save_steps": eval_steps,
+                  "save_total_limit": 2, "load_best_model_at_end": True, "metric_for_best_model": ST_BEST_METRIC,
+                  "greater_is_better": True}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=batch_size, max_steps=steps,
-        learning_rate=ST_LR, seed=seed, save_strategy="no", report_to="none", logging_steps=50,
-        batch_sampler=sampler, disable_tqdm=True, **warmup)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
+        learning_rate=learning_rate, seed=seed, report_to="none", logging_steps=50,
+        batch_sampler=sampler, disable_tqdm=True, **select, **warmup)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, evaluator=evaluator,
+                                         callbacks=list(callbacks))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     model.save(str(out_dir / "model"))
     info = {"loss": loss_name, "steps": steps, "batch_size": batch_size, "train_rows": len(data),
-            "epochs": round(steps * batch_size / len(data), 3), "learning_rate": ST_LR, "warmup": ST_WARMUP,
+            "epochs": round(steps * batch_size / len(data), 3), "learning_rate": learning_rate, "warmup": ST_WARMUP,
             "seed": seed, "train_s": round(seconds, 1), "pairs_per_s": round(steps * batch_size / seconds, 2)}
+    if evaluator is not None:
+        curve = [[e["step"], e[ST_BEST_METRIC]] for e in trainer.state.log_history if ST_BEST_METRIC in e]
+        eval_s = sum(e.get("eval_runtime", 0.0) for e in trainer.state.log_history if ST_BEST_METRIC in e)
+        info.update({"selection": "best dev checkpoint (load_best_model_at_end, " + ST_BEST_METRIC + ")",
+                     "eval_steps": eval_steps, "dev_ap": trainer.state.best_metric, "dev_curve": curve,
+                     "best_checkpoint": trainer.state.best_model_checkpoint, "wall_s": round(seconds, 1),
+                     # training proper, as metric-sim's train_s: the periodic dev evaluations taken out
+                     "train_s": round(seconds - eval_s, 1), "dev_eval_time_s": round(eval_s, 1)})
     write_json(out_dir / "st_train.json", info)
     return info
 
@@ -290,6 +347,7 @@ def _rows_sentence_transformers(loss_name: str, label: str) -> Callable[[Context
         for row, seed in ctx.fine_tune_rows(name):
             if not ctx.store.has(row):
                 _sentence_transformers_row(ctx, loss_name, name, row, seed, label)
+    run.label = label  # type: ignore[attr-defined]
     return run
 
 
@@ -299,7 +357,8 @@ def _sentence_transformers_row(ctx: Context, loss_name: str, name: str, row: str
         logger.info("%s: training %d steps into %s", row, ctx.task.steps, run_dir)
         c = ctx.task.config
         train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
-                                    max_length=c.max_length, seed=seed)
+                                    max_length=c.max_length, seed=seed,
+                                    triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
     info = json.loads((run_dir / "st_train.json").read_text())
     # Our Encoder reads the sentence-transformers layout (mean pooling + Normalize): on unit
     # vectors Euclidean distance is sqrt(2 - 2 cos), so ranking equals its cosine ranking.
@@ -308,6 +367,196 @@ def _sentence_transformers_row(ctx: Context, loss_name: str, name: str, row: str
     arrays = encoder_distances(encoder, [Metric.EUCLIDEAN], ctx.task)[Metric.EUCLIDEAN]
     ctx.store.save(row, arrays, {"kind": "distance", "metric": "euclidean", "label": label, "run": str(run_dir),
                                  **info, "wall_s": info["train_s"], "eval_s": round(time.perf_counter() - started, 1)})
+
+
+def st_mined_triplets(ctx: Context) -> dict[str, list[str]]:
+    """sentence-transformers' ``util.mine_hard_negatives`` with the base model on the train
+    duplicates as (anchor, positive) pairs (its corpus: their positives), ``ST_MINING`` options;
+    cached in ``WORK/st_hard_negatives.json`` with the mining time and counts."""
+    path = ctx.store.work / "st_hard_negatives.json"
+    keep = np.flatnonzero(ctx.task.train.labels == 1)
+    anchors = [ctx.task.train.texts_a[i] for i in keep]
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("pairs") == len(anchors) and cached.get("options") == ST_MINING:
+            return cached
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    model.max_seq_length = ctx.task.config.max_length
+    pairs = Dataset.from_dict({"anchor": anchors, "positive": [ctx.task.train.texts_b[i] for i in keep]})
+    started = time.perf_counter()
+    mined = mine_hard_negatives(pairs, model, anchor_column_name="anchor", positive_column_name="positive",
+                                output_format="triplet", batch_size=64, verbose=False, **ST_MINING)
+    seconds = time.perf_counter() - started
+    out = {"options": ST_MINING, "pairs": len(anchors), "triplets": len(mined), "mining_s": round(seconds, 1),
+           **{k: list(mined[k]) for k in ("anchor", "positive", "negative")}}
+    write_json(path, out)
+    logger.info("st_mnrl_hn: mined %d triplets from %d duplicate pairs in %.0f s", len(mined), len(anchors), seconds)
+    return out
+
+
+# ----------------------------------------------------------------------------- fair peers: lr grid, best dev checkpoint
+def tunable(name: str) -> bool:
+    """Fine-tuned systems that take the learning-rate grid (the frozen head's 1e-3 is a head-only lr)."""
+    return name in SYSTEMS and (name.startswith("st_") or (name.startswith("ms_") and name != "ms_frozen_head"))
+
+
+def _ms_checkpoint_curve(run_dir: Path) -> list[list[float]]:
+    """(step, dev AP) of every periodic evaluation, from the newest checkpoint's trainer state."""
+    states = sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                    key=lambda f: int(f.parent.name.rsplit("-", 1)[1]))
+    if not states:
+        return []
+    history = json.loads(states[-1].read_text()).get("log_history", [])
+    return [[e["step"], e["eval_average_precision"]] for e in history if "eval_average_precision" in e]
+
+
+def prune_checkpoints(run_dir: Path) -> int:
+    """Delete a finished cell's Trainer checkpoints but their ``trainer_state.json`` (the dev-AP
+    curve): the kept model is in ``RUN_DIR/model``; 36 cells would otherwise hold ~20 GB."""
+    removed = 0
+    for folder in (run_dir / "checkpoints").glob("checkpoint-*"):
+        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+            if path.name == "trainer_state.json" and path.parent == folder:
+                continue
+            if path.is_dir():
+                path.rmdir()
+            else:
+                removed += path.stat().st_size
+                path.unlink()
+    return removed
+
+
+def grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
+    """One (system, lr, seed) cell, trained if needed; its checkpoints pruned unless kept."""
+    record = _grid_cell(ctx, name, lr, seed)
+    if not ctx.keep_checkpoints:
+        prune_checkpoints(ctx.store.work / "runs" / record["cell"])
+    return record
+
+
+def _grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
+    """Train one (system, lr, seed) cell into ``WORK/runs/NAME@lrLR@sSEED`` (skipped when finished)
+    and return its record: the kept checkpoint's dev AP, the dev-AP curve, timings, the model path.
+
+    Both systems evaluate dev AP of their raw distance every ``eval_steps`` steps (the task
+    recipe's) and keep the best checkpoint; the cell's dev AP is that checkpoint's figure as the
+    trainer recorded it (metric-sim: ``best_step_average_precision``; sentence-transformers:
+    ``state.best_metric`` of the Euclidean-AP evaluator), so no extra encoding pass is needed.
+    """
+    cell = f"{name}@lr{lr_tag(lr)}@s{seed}"
+    run_dir = ctx.store.work / "runs" / cell
+    c = ctx.task.config
+    if name.startswith("ms_"):
+        config = _ms_config(ctx.task, name[3:]).replace(seed=seed, learning_rate=lr, load_best_model_at_end=True)
+        if not (run_dir / "model" / "metric_sim.json").is_file():
+            from metric_sim.training.resume import last_complete_checkpoint
+
+            resume = last_complete_checkpoint(run_dir / "checkpoints") is not None  # a crashed cell continues
+            if not resume and run_dir.exists():
+                shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start again
+            logger.info("%s: %s %d steps into %s", cell, "resuming" if resume else "training", ctx.task.steps, run_dir)
+            train(config, run_dir, resume=resume, train_data=ctx.task.train, dev_data=ctx.task.dev, show_progress=False)
+        info = json.loads((run_dir / "train_config.json").read_text())
+        dev = json.loads((run_dir / "metrics.json").read_text())["dev"]
+        r = info["run"]
+        return {"cell": cell, "system": name, "learning_rate": lr, "seed": seed, "model": str(run_dir / "model"),
+                "dev_ap": dev.get("best_step_average_precision") or dev["average_precision"],
+                "best_checkpoint": dev.get("best_checkpoint"), "dev_curve": _ms_checkpoint_curve(run_dir),
+                "eval_steps": config.eval_steps, "steps": r["steps"], "metric": str(config.metric),
+                "loss": info["loss"], "loss_params": r.get("loss_params_resolved", info["loss_params"]),
+                "batch_size": info["batch_size"], "sampler": r.get("sampler"),
+                "train_s": round(r["train_runtime_s"] - r.get("dev_eval_time_s", 0.0), 1), "wall_s": r["wall_time_s"]}
+    loss_name = name[3:]
+    if not (run_dir / "st_train.json").is_file():
+        logger.info("%s: training %d steps into %s", cell, ctx.task.steps, run_dir)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a crashed cell trains again from the start
+        train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
+                                    max_length=c.max_length, seed=seed, learning_rate=lr, dev=ctx.task.dev,
+                                    eval_steps=c.eval_steps,
+                                    triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
+    info = json.loads((run_dir / "st_train.json").read_text())
+    extra = {}
+    if loss_name == "mnrl_hn":
+        mined = st_mined_triplets(ctx)
+        extra = {"mining_s": mined["mining_s"], "mined_triplets": mined["triplets"], "mining_options": mined["options"]}
+    return {"cell": cell, "system": name, "model": str(run_dir / "model"), "metric": "euclidean", **info, **extra}
+
+
+def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds: Sequence[int]) -> dict[str, Any]:
+    """Every (lr, seed) cell of ``name``; the lr with the best mean dev AP; then, for that lr only,
+    rows ``NAME_tuned@sSEED`` with dev/test/test-swapped distances (test is encoded for no other lr).
+    Returns the tuning record: the chosen lr and the whole grid's dev figures."""
+    cells = {(lr, seed): grid_cell(ctx, name, lr, seed) for lr in grid for seed in seeds}
+    table: dict[float, dict[int, float | None]] = {}
+    for (lr, seed), cell in cells.items():
+        table.setdefault(lr, {})[seed] = cell.get("dev_ap")
+    chosen = choose_lr(table, seeds)
+    summary = grid_summary(table, seeds)
+    for entry in summary.values():  # best step per seed, so RESULTS.md can show where each run peaked
+        lr = entry["learning_rate"]
+        entry["best_step"] = [_best_step(cells[(lr, seed)]) for seed in seeds]
+        entry["dev_curve"] = [cells[(lr, seed)].get("dev_curve") for seed in seeds]
+        entry["train_s"] = [cells[(lr, seed)].get("train_s") for seed in seeds]
+    record = {"label": label, "learning_rate": chosen, "seeds": list(seeds), "grid": summary,
+              "rule": "highest mean dev AP over all seeds (complete lrs only); ties -> smaller lr"}
+    if chosen is None:
+        logger.warning("%s: no learning rate has a dev AP for every seed; no tuned row", name)
+        return record
+    for seed in seeds:
+        row, cell = f"{name}_tuned@s{seed}", cells[(chosen, seed)]
+        if ctx.store.has(row) and ctx.store.load(row)[1].get("cell") == cell["cell"]:
+            continue
+        if name.startswith("ms_"):
+            model = SimilarityModel.from_pretrained(cell["model"])
+            encoder, metric = model.encoder, model.metric
+        else:  # the sentence-transformers layout: mean pooling + Normalize; Euclidean ranks as cosine
+            encoder, metric = Encoder.from_pretrained(cell["model"], max_length=ctx.task.config.max_length), Metric.EUCLIDEAN
+        started = time.perf_counter()
+        arrays = encoder_distances(encoder, [metric], ctx.task)[metric]
+        ctx.store.save(row, arrays, {**cell, "kind": "distance", "metric": metric.value,
+                                     "label": f"{label}, lr {lr_tag(chosen)} tuned on dev, best dev checkpoint",
+                                     "eval_s": round(time.perf_counter() - started, 1)})
+    return record
+
+
+def _best_step(cell: dict[str, Any]) -> int | None:
+    checkpoint = cell.get("best_checkpoint")
+    if not checkpoint:
+        return None
+    try:
+        return int(str(checkpoint).rstrip("/").rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def tuned_bootstrap(store: Store, task: Task, tuning: dict[str, Any], *, resamples: int, seed: int = 0) -> dict[str, Any] | None:
+    """Paired bootstrap of the test-AP difference, our best tuned row vs the best tuned peer row,
+    "best" by mean dev AP at the chosen lr (test does not pick the rows it is then scored on)."""
+    def dev_mean(name: str) -> float:
+        info = tuning[name]
+        return info["grid"][lr_tag(info["learning_rate"])]["dev_ap_mean"]
+
+    chosen = [n for n in tuning if tuning[n].get("learning_rate") is not None]
+    ours = [n for n in chosen if n.startswith("ms_")]
+    peers = [n for n in chosen if n.startswith("st_")]
+    if not ours or not peers:
+        return None
+    best_ours, best_peer = max(ours, key=dev_mean), max(peers, key=dev_mean)
+
+    def scores(name: str) -> list[np.ndarray]:
+        rows = [f"{name}_tuned@s{s}" for s in tuning[name]["seeds"]]
+        return [-store.load(r)[0]["test"] for r in rows if store.has(r)]  # distance rows: higher score = closer
+
+    out = paired_bootstrap_ap_difference(task.test.labels, scores(best_ours), scores(best_peer), resamples=resamples,
+                                         seed=seed)
+    return {"ours": f"{best_ours}_tuned", "peer": f"{best_peer}_tuned", "selected_by": "mean dev AP at the chosen lr",
+            "statistic": "mean over seeds of test AP (ours) - mean over seeds of test AP (peer); the same test-pair "
+                         "resamples for every seed of both systems; percentile interval", **out}
 
 
 # ----------------------------------------------------------------------------- frozen-embedding baselines
@@ -442,6 +691,7 @@ SYSTEMS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     "ms_frozen_head": (_rows_metric_sim("frozen_head", "metric-sim frozen encoder + linear head, Euclidean"), ("qqp",)),
     "st_online_contrastive": (_rows_sentence_transformers("online_contrastive", "sentence-transformers OnlineContrastiveLoss (cosine)"), ("qqp", "stsb", "mrpc")),
     "st_mnrl": (_rows_sentence_transformers("mnrl", "sentence-transformers MultipleNegativesRankingLoss (positives)"), ("qqp",)),
+    "st_mnrl_hn": (_rows_sentence_transformers("mnrl_hn", "sentence-transformers MNRL + its mined hard negatives"), ("qqp",)),
     "baselines": (_rows_baselines, ("qqp", "stsb", "mrpc")),
     "tfidf": (_rows_tfidf, ("qqp", "stsb", "mrpc")),
 }
@@ -479,6 +729,8 @@ def score_row(arrays: dict[str, np.ndarray], meta: dict[str, Any], dev_labels: n
     else:
         raise ValueError(f"unknown output kind {meta['kind']!r}")
     gap = np.abs(p - p_rev)
+    dev_score = -arrays["dev"] if meta["kind"] == "distance" else arrays["dev"]
+    out["dev_average_precision"] = float(average_precision_score(dev_labels, dev_score))
     out.update({"accuracy_gap_to_in_sample": out["best_accuracy_in_sample"] - out["accuracy"],
                 "ece": expected_calibration_error(test_labels, p),
                 "symmetry_max": float(gap.max()), "symmetry_mean": float(gap.mean()),
@@ -496,7 +748,7 @@ def _wall_seconds(meta: dict[str, Any]) -> float | None:
 
 
 METRIC_KEYS = ("average_precision", "roc_auc", "accuracy", "f1", "best_accuracy_in_sample", "accuracy_gap_to_in_sample",
-               "ece", "symmetry_max", "symmetry_mean", "train_s", "wall_s")
+               "ece", "symmetry_max", "symmetry_mean", "train_s", "wall_s", "dev_average_precision")
 
 
 def score_all(store: Store, task: Task) -> dict[str, Any]:
@@ -523,6 +775,9 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
 
     ours = [n for n in results if n.startswith("ms_")]
     peers = [n for n in results if n.startswith("st_")]
+    tuned_ours, tuned_peers = [n for n in ours if n.endswith("_tuned")], [n for n in peers if n.endswith("_tuned")]
+    if tuned_ours and tuned_peers:  # fair-peer mode: tuned rows against tuned rows only
+        ours, peers = tuned_ours, tuned_peers
     out: dict[str, Any] = {}
     if ours and peers:
         best_ours, best_peer = max(ours, key=ap), max(peers, key=ap)
@@ -547,8 +802,10 @@ def _cell(stat: dict[str, float | None], digits: int = 4, scale: float = 1.0) ->
     return text + (f" ± {stat['std'] * scale:.{digits}f}" if stat["std"] is not None else "")
 
 
-ORDER = ("zero_shot_l2", "zero_shot_l1", "ms_contrastive_l2", "ms_contrastive_l1", "ms_triplet", "ms_ntxent",
-         "ms_frozen_head", "st_online_contrastive", "st_mnrl", "mlp_concat", "mlp_concat_avg", "mlp_diff_prod", "mlp_diff", "tfidf")
+ORDER = ("zero_shot_l2", "zero_shot_l1", "ms_contrastive_l2", "ms_contrastive_l2_tuned", "ms_contrastive_l1",
+         "ms_contrastive_l1_tuned", "ms_triplet", "ms_triplet_tuned", "ms_ntxent", "ms_ntxent_tuned", "ms_frozen_head",
+         "st_online_contrastive", "st_online_contrastive_tuned", "st_mnrl", "st_mnrl_tuned", "st_mnrl_hn",
+         "st_mnrl_hn_tuned", "mlp_concat", "mlp_concat_avg", "mlp_diff_prod", "mlp_diff", "tfidf")
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -569,14 +826,26 @@ def results_table(results: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="qqp")
     parser.add_argument("--work", required=True, help="cache folder: trained runs, embeddings, per-system outputs")
     parser.add_argument("--systems", nargs="+", help=f"subset of {sorted(SYSTEMS)} (default: the task's set)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the MLP baselines")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the MLP baselines, and with --lr-grid of the tuned fine-tunes too")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=None,
-                        help="seeds of the fine-tuned systems (default: the recipe's seed only); rows NAME@sSEED")
+                        help="seeds of the fine-tuned systems (default: the recipe's seed only; with --lr-grid: "
+                             "--seeds); rows NAME@sSEED")
+    parser.add_argument("--lr-grid", type=float, nargs="*", default=None, metavar="LR",
+                        help="fair-peer mode: train every fine-tuned system (ms_* but the frozen head, st_*) at each "
+                             "lr and seed, keep each run's best dev checkpoint, choose the lr per system on mean dev AP, "
+                             "score test once for that lr (rows NAME_tuned@sSEED). Without values: "
+                             + " ".join(lr_tag(lr) for lr in DEFAULT_LR_GRID))
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="fair-peer mode: keep each cell's Trainer checkpoints (default: pruned once the cell "
+                             "is finished, but their trainer_state.json)")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                        help="paired bootstrap resamples of the test pairs (fair-peer mode; 0: none)")
     parser.add_argument("--reuse", nargs="*", default=[], metavar="SYSTEM=RUN_DIR",
                         help="take a finished run folder for a trained system instead of training it")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
@@ -584,41 +853,93 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--markdown", help="write the markdown table here")
     parser.add_argument("--list", action="store_true", help="list the systems and exit")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; ``lr_grid`` None (no grid) or sorted distinct positive lrs,
+    ``fine_tune_seeds`` the seeds of the tuned rows (``--train-seeds``, else ``--seeds``)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.list:
-        for name, (_, tasks) in SYSTEMS.items():
-            print(f"{name:24s} default on {', '.join(tasks)}")
-        return 0
+    if args.lr_grid is not None:
+        grid = sorted(set(args.lr_grid or DEFAULT_LR_GRID))
+        if any(not (math.isfinite(lr) and lr > 0) for lr in grid):
+            parser.error(f"--lr-grid takes positive learning rates, got {args.lr_grid}")
+        args.lr_grid = grid
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap takes a number of resamples >= 0, got {args.bootstrap}")
+    seeds = args.train_seeds or args.seeds
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"seeds must be distinct, got {seeds}")
+    args.fine_tune_seeds = list(seeds)
     reuse = {}
     for item in args.reuse:
         name, sep, path = item.partition("=")
         if not sep or name not in SYSTEMS:
             parser.error(f"--reuse expects SYSTEM=RUN_DIR with SYSTEM in {sorted(SYSTEMS)}, got {item!r}")
         reuse[name] = Path(path)
-    systems = args.systems or [n for n, (_, tasks) in SYSTEMS.items() if args.task in tasks]
-    unknown = sorted(set(systems) - set(SYSTEMS))
+    args.reuse = reuse
+    args.systems = args.systems or [n for n, (_, tasks) in SYSTEMS.items() if args.task in tasks]
+    unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown --systems {unknown}; valid: {sorted(SYSTEMS)}")
+    return args
 
+
+def tuning_markdown(tuning: dict[str, Any], bootstrap: dict[str, Any] | None) -> str:
+    """The grid's dev figures (every lr of every tuned system) and the bootstrap interval."""
+    header, rows = tuning_table(tuning)
+    text = "Learning-rate grid, dev AP of each run's best dev checkpoint:\n\n" + markdown_table(header, rows)
+    if bootstrap:
+        b = bootstrap
+        text += (f"\n\nTest AP difference {b['ours']} - {b['peer']} (mean over seeds): {b['difference']:+.4f}, "
+                 f"paired bootstrap {100 * b['level']:.0f} % interval [{b['low']:+.4f}, {b['high']:+.4f}] "
+                 f"({b['resamples']} resamples of the test pairs, the same for both systems and every seed).")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.list:
+        for name, (_, tasks) in SYSTEMS.items():
+            print(f"{name:24s} default on {', '.join(tasks)}")
+        return 0
     task = load_task(args.task, quick=args.quick)
     store = Store(Path(args.work))
-    ctx = Context(task, store, args.seeds, reuse, args.train_seeds)
+    ctx = Context(task, store, args.seeds, args.reuse, args.train_seeds, keep_checkpoints=args.keep_checkpoints)
     logger.info("%s: train %d / dev %d / test %d pairs; budget %d steps, batch %d, max length %d",
                 task.name, len(task.train), len(task.dev), len(task.test), task.steps, task.config.batch_size,
                 task.config.max_length)
+    tuning_file = store.work / "tuning.json"
+    tuning: dict[str, Any] = json.loads(tuning_file.read_text()) if tuning_file.is_file() else {}
     if not args.rescore:
-        for name in systems:  # each producer skips the rows already in the cache
+        for name in args.systems:  # each producer skips the rows already in the cache
             started = time.perf_counter()
-            SYSTEMS[name][0](ctx)
+            if args.lr_grid is not None and tunable(name):
+                label = getattr(SYSTEMS[name][0], "label", name)
+                tuning[name] = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds)
+                write_json(tuning_file, tuning)
+            else:
+                SYSTEMS[name][0](ctx)
             logger.info("%s: done in %.0f s", name, time.perf_counter() - started)
     results = score_all(store, task)
+    for name, info in tuning.items():  # the chosen lr next to the tuned row
+        if f"{name}_tuned" in results:
+            results[f"{name}_tuned"]["learning_rate"] = info["learning_rate"]
+    boot = (tuned_bootstrap(store, task, tuning, resamples=args.bootstrap) if tuning and args.bootstrap else None)
     payload = {"task": task.name, "quick": args.quick, "recipe": TASKS[task.name], "steps": task.steps,
                "batch_size": task.config.batch_size, "max_length": task.config.max_length,
+               "eval_steps": task.config.eval_steps,
                "pairs": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
                "test_positives": int(task.test.labels.sum()), "environment": environment(),
                "results": results, "targets": targets(results)}
+    if tuning:
+        payload.update({"lr_grid": sorted({e["learning_rate"] for t in tuning.values() for e in t["grid"].values()}),
+                        "tuning": tuning, "bootstrap": boot})
     table = results_table(results)
+    if tuning:
+        table += "\n\n" + tuning_markdown(tuning, boot)
     print(table)
     print(json.dumps(payload["targets"], indent=2))
     if args.json:

@@ -149,6 +149,126 @@ def test_store_score_all_groups_seeds_and_table_and_targets(tmp_path):
     assert t["baseline_a_asymmetric"]["met"] is True
 
 
+# ----------------------------------------------------------------------------- fair peers
+import fair_peers  # noqa: E402
+
+
+def test_choose_lr_highest_mean_dev_ap_over_complete_seeds_ties_to_the_smaller_lr():
+    table = {2e-5: {0: 0.80, 1: 0.82}, 5e-5: {0: 0.83, 1: 0.79}, 1e-4: {0: 0.90, 1: None}}
+    # 1e-4 has the best cell but a missing seed: it does not compete; 2e-5 and 5e-5 tie at 0.81 -> smaller
+    assert fair_peers.choose_lr(table) == 2e-5
+    assert fair_peers.choose_lr({**table, 5e-5: {0: 0.84, 1: 0.81}}) == 5e-5
+    # float summation order does not break a tie: 0.1 + 0.2 vs 0.3 + 0.0
+    assert fair_peers.choose_lr({1e-4: {0: 0.1, 1: 0.2}, 5e-5: {0: 0.3, 1: 0.0}}) == 5e-5
+    # an absent seed key and a NaN (a diverged run) are missing cells too; nothing complete -> None
+    assert fair_peers.choose_lr({2e-5: {0: 0.7}, 5e-5: {0: 0.9, 1: float("nan")}}, seeds=[0, 1]) is None
+    assert fair_peers.choose_lr({}) is None
+    assert fair_peers.choose_lr({2e-5: {0: 0.7}, 5e-5: {0: 0.9, 1: 0.95}}, seeds=[0]) == 5e-5
+    summary = fair_peers.grid_summary(table, [0, 1])
+    assert list(summary) == ["2e-05", "5e-05", "0.0001"]
+    assert summary["0.0001"] == {"learning_rate": 1e-4, "dev_ap": [0.90, None], "dev_ap_mean": 0.90,
+                                 "dev_ap_std": None, "complete": False}
+    assert summary["2e-05"]["dev_ap_mean"] == pytest.approx(0.81)
+    assert summary["2e-05"]["dev_ap_std"] == pytest.approx(np.std([0.80, 0.82], ddof=1))
+    header, rows = fair_peers.tuning_table({"ms_x": {"learning_rate": 2e-5, "grid": summary}})
+    assert header[0] == "system" and [r[1] for r in rows] == ["2e-05", "5e-05", "0.0001"]
+    assert rows[0][4] == "**yes**" and rows[2][4] == "incomplete" and rows[2][2] == "0.9000, –"
+
+
+def test_weighted_average_precision_matches_sklearn_with_ties_and_resample_counts():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(y, 1.0), 1)  # rounded: many ties
+    assert fair_peers.average_precision(y, scores) == pytest.approx(average_precision_score(y, scores), abs=1e-12)
+    idx = rng.integers(0, 300, 300)
+    counts = np.bincount(idx, minlength=300)
+    expected = average_precision_score(y[idx], scores[idx])  # resampling with replacement = integer weights
+    assert fair_peers.average_precision(y, scores, counts) == pytest.approx(expected, abs=1e-12)
+    assert fair_peers.average_precision(y, scores, counts) == pytest.approx(
+        average_precision_score(y, scores, sample_weight=counts), abs=1e-12)
+    assert np.isnan(fair_peers.average_precision(np.zeros(3, int), np.arange(3.0)))
+
+
+def test_paired_bootstrap_identical_systems_give_zero_and_a_dominating_system_excludes_zero():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    noisy = [rng.normal(y, 2.0) for _ in range(3)]
+    same = fair_peers.paired_bootstrap_ap_difference(y, noisy, [s.copy() for s in noisy], resamples=200)
+    # paired: every resample scores both systems on the same pairs, so every difference is exactly 0
+    assert same["difference"] == 0.0 and same["low"] == 0.0 and same["high"] == 0.0
+    assert same["excludes_zero"] is False and same["seeds_ours"] == 3
+    perfect = [y + 0.1 * rng.random(400) for _ in range(2)]  # every positive above every negative: AP 1
+    out = fair_peers.paired_bootstrap_ap_difference(y, perfect, noisy, resamples=200, seed=3)
+    mean_noisy = np.mean([average_precision_score(y, s) for s in noisy])
+    assert out["difference"] == pytest.approx(1.0 - mean_noisy)
+    assert 0 < out["low"] <= out["difference"] <= out["high"] and out["excludes_zero"] is True
+    flipped = fair_peers.paired_bootstrap_ap_difference(y, noisy, perfect, resamples=200, seed=3)
+    assert flipped["low"] == pytest.approx(-out["high"]) and flipped["high"] == pytest.approx(-out["low"])
+    again = fair_peers.paired_bootstrap_ap_difference(y, perfect, noisy, resamples=200, seed=3)
+    assert again == out  # a fixed seed: the same resamples
+    with pytest.raises(ValueError, match="at least one seed"):
+        fair_peers.paired_bootstrap_ap_difference(y, [], noisy)
+
+
+def test_parse_args_lr_grid_seeds_and_bootstrap():
+    args = quality.parse_args(["--work", "w"])
+    assert args.lr_grid is None and args.fine_tune_seeds == [0, 1, 2] and args.bootstrap == 2000
+    assert args.systems == [n for n, (_, tasks) in quality.SYSTEMS.items() if "qqp" in tasks]
+    assert quality.parse_args(["--work", "w", "--lr-grid"]).lr_grid == [2e-5, 5e-5, 1e-4]
+    args = quality.parse_args(["--work", "w", "--lr-grid", "1e-4", "2e-5", "1e-4", "--seeds", "0", "1",
+                               "--bootstrap", "500", "--systems", "ms_contrastive_l2", "st_mnrl_hn"])
+    assert args.lr_grid == [2e-5, 1e-4] and args.fine_tune_seeds == [0, 1] and args.bootstrap == 500
+    assert quality.parse_args(["--work", "w", "--seeds", "0", "--train-seeds", "7", "8"]).fine_tune_seeds == [7, 8]
+    for bad in (["--lr-grid", "-1e-5"], ["--lr-grid", "nan"], ["--bootstrap", "-1"], ["--seeds", "1", "1"],
+                ["--systems", "st_nope"], ["--lr-grid", "fast"]):
+        with pytest.raises(SystemExit):
+            quality.parse_args(["--work", "w", *bad])
+    assert quality.tunable("ms_contrastive_l2") and quality.tunable("st_mnrl_hn")
+    assert not quality.tunable("ms_frozen_head") and not quality.tunable("baselines") and not quality.tunable("zero_shot")
+
+
+def test_tuned_rows_compete_with_tuned_rows_and_bootstrap_picks_by_dev(tmp_path):
+    store = quality.Store(tmp_path)
+    arrays, y_dev, y_test = _distance_row()
+    scrambled = {**arrays, "test": arrays["test"][::-1].copy(), "test_rev": arrays["test"][::-1].copy()}
+    store.save("ms_contrastive_l2", scrambled, {"kind": "distance", "metric": "euclidean", "label": "untuned"})
+    for seed in (0, 1):
+        store.save(f"ms_contrastive_l2_tuned@s{seed}", arrays, {"kind": "distance", "metric": "euclidean", "label": "ours"})
+        store.save(f"st_online_contrastive_tuned@s{seed}", scrambled,
+                   {"kind": "distance", "metric": "euclidean", "label": "peer"})
+    task = type("T", (), {"dev": _Labels(y_dev), "test": _Labels(y_test)})()
+    results = quality.score_all(store, task)
+    assert results["ms_contrastive_l2_tuned"]["seeds"] == 2
+    assert results["ms_contrastive_l2_tuned"]["summary"]["dev_average_precision"]["mean"] == pytest.approx(
+        average_precision_score(y_dev, -arrays["dev"]))
+    t = quality.targets(results)
+    assert t["best_recipe_ap_vs_st"]["ours"] == "ms_contrastive_l2_tuned"
+    assert t["best_recipe_ap_vs_st"]["st"] == "st_online_contrastive_tuned"
+    grid = {"ms_contrastive_l2": {0: 0.8, 1: 0.8}, "st_online_contrastive": {0: 0.7, 1: 0.7}}
+    tuning = {name: {"learning_rate": 5e-5, "seeds": [0, 1], "grid": fair_peers.grid_summary({5e-5: g}, [0, 1])}
+              for name, g in grid.items()}
+    boot = quality.tuned_bootstrap(store, task, tuning, resamples=100)
+    assert boot["ours"] == "ms_contrastive_l2_tuned" and boot["peer"] == "st_online_contrastive_tuned"
+    assert boot["difference"] == pytest.approx(t["best_recipe_ap_vs_st"]["ours_ap"] - t["best_recipe_ap_vs_st"]["st_ap"])
+    assert boot["excludes_zero"] is True
+    text = quality.tuning_markdown(tuning, boot)
+    assert "| ms_contrastive_l2 | 5e-05 | 0.8000, 0.8000 | 0.8000 ± 0.0000 | **yes** |" in text
+    assert "paired bootstrap 95 % interval" in text
+
+
+def test_prune_checkpoints_keeps_only_the_trainer_state(tmp_path):
+    folder = tmp_path / "checkpoints" / "checkpoint-100"
+    (folder / "1_Pooling").mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.pt", "trainer_state.json", "1_Pooling/config.json"):
+        (folder / name).write_text("x" * 10)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_text("kept")
+    assert quality.prune_checkpoints(tmp_path) == 30
+    assert sorted(p.name for p in folder.iterdir()) == ["trainer_state.json"]
+    assert (tmp_path / "model" / "model.safetensors").read_text() == "kept"
+    assert quality.prune_checkpoints(tmp_path / "absent") == 0
+
+
 # ----------------------------------------------------------------------------- speed helpers
 def test_encoder_flops_per_token_matches_the_anchor_for_minilm():
     assert speed.encoder_flops_per_token(384, 1536, 6, 0) == 21_233_664  # "21.23 M"
