@@ -140,4 +140,11 @@ def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], li
                 f" ± {cell['dev_ap_std']:.4f}" if cell["dev_ap_std"] is not None else "")
             chosen = info.get("learning_rate") is not None and lr_tag(info["learning_rate"]) == tag
             rows.append([name, tag, per_seed, mean, "**yes**" if chosen else ("incomplete" if not cell["complete"] else "")])
+        tuned = info.get("chosen_dev_ap")
+        if tuned:  # the lr was chosen on a subset of seeds: every tuned seed at that lr
+            per_seed = ", ".join("–" if v is None else f"{v:.4f}" for v in tuned["dev_ap"])
+            mean = None if tuned["dev_ap_mean"] is None else f"{tuned['dev_ap_mean']:.4f}" + (
+                f" ± {tuned['dev_ap_std']:.4f}" if tuned["dev_ap_std"] is not None else "")
+            rows.append([name, f"{lr_tag(info['learning_rate'])}, seeds {info['seeds']}", per_seed, mean,
+                         f"lr chosen on seeds {info['select_seeds']}"])
     return header, rows

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,12 @@ ST_BEST_METRIC = "eval_dev_euclidean_ap"  # BinaryClassificationEvaluator(name="
 # util.mine_hard_negatives options: its docstring's example (rank window 10-50, max cosine 0.8,
 # relative margin 0.05, random sampling), one negative per (anchor, positive) pair so that the
 # step budget sees as many positives as the plain MNRL row.
+# metric-sim's hard_negatives block for ms_contrastive_l2_hn: one negative per question with a
+# duplicate, among its 20 nearest non-duplicates, skipping any closer than 0.95x its duplicate's
+# distance (the false-negative guard). Chosen on dev at 300 steps: 0.807 against 0.784 with
+# negatives for every question (naive mining hurt).
+HARD_NEGATIVES = {"mine": True, "num_negatives": 1, "anchors": "with_positives", "relative_margin": 0.05,
+                  "range_max": 20}
 ST_MINING = {"range_min": 10, "range_max": 50, "max_score": 0.8, "relative_margin": 0.05, "num_negatives": 1,
              "sampling_strategy": "random"}
 
@@ -215,6 +222,12 @@ def _ms_config(task: Task, variant: str) -> TrainConfig:
             raise ValueError("the Manhattan recipe exists for qqp only")
         return TrainConfig.from_yaml(RECIPES / "quora_duplicates_manhattan.yaml").replace(
             max_steps=task.steps, batch_size=base.batch_size, eval_steps=base.eval_steps, logging_steps=base.logging_steps)
+    if variant == "contrastive_l2_hn":
+        # The recipe plus negatives mined once with the starting model on raw Euclidean distance,
+        # for questions that have a duplicate only (most QQP questions have none, and their
+        # negatives would dilute the positives); at the same step budget as every other row, so
+        # the mined pairs replace plain pairs rather than adding steps. Mining time is reported.
+        return base.replace(hard_negatives=dict(HARD_NEGATIVES), max_steps=task.steps)
     if variant == "triplet":  # PML TripletMarginLoss, margin 0.2 (Euclidean units), cluster-aware batches
         return base.replace(loss="triplet", loss_params={"margin": 0.2}, sampler="auto")
     if variant == "ntxent":  # InfoNCE on -distance / 0.05 with in-batch negatives by cluster label
@@ -469,7 +482,9 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
                 "eval_steps": config.eval_steps, "steps": r["steps"], "metric": str(config.metric),
                 "loss": info["loss"], "loss_params": r.get("loss_params_resolved", info["loss_params"]),
                 "batch_size": info["batch_size"], "sampler": r.get("sampler"),
-                "train_s": round(r["train_runtime_s"] - r.get("dev_eval_time_s", 0.0), 1), "wall_s": r["wall_time_s"]}
+                "train_s": round(r["train_runtime_s"] - r.get("dev_eval_time_s", 0.0), 1), "wall_s": r["wall_time_s"],
+                "mining_s": (r.get("hard_negatives") or {}).get("seconds"),
+                "mined_negatives": (r.get("hard_negatives") or {}).get("count")}
     loss_name = name[3:]
     if not (run_dir / "st_train.json").is_file():
         logger.info("%s: training %d steps into %s", cell, ctx.task.steps, run_dir)
@@ -487,26 +502,37 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
     return {"cell": cell, "system": name, "model": str(run_dir / "model"), "metric": "euclidean", **info, **extra}
 
 
-def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds: Sequence[int]) -> dict[str, Any]:
-    """Every (lr, seed) cell of ``name``; the lr with the best mean dev AP; then, for that lr only,
-    rows ``NAME_tuned@sSEED`` with dev/test/test-swapped distances (test is encoded for no other lr).
-    Returns the tuning record: the chosen lr and the whole grid's dev figures."""
-    cells = {(lr, seed): grid_cell(ctx, name, lr, seed) for lr in grid for seed in seeds}
+def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds: Sequence[int],
+              select_seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """The (lr, seed) cells of ``name`` for every lr and every seed of ``select_seeds`` (default:
+    ``seeds``); the lr with the best mean dev AP over them; then the remaining ``seeds`` at that lr
+    only, and for every seed rows ``NAME_tuned@sSEED`` with dev/test/test-swapped distances (test
+    is encoded for no other lr). Returns the tuning record: the chosen lr and the grid's dev figures."""
+    select = list(select_seeds) if select_seeds else list(seeds)
+    cells = {(lr, seed): grid_cell(ctx, name, lr, seed) for lr in grid for seed in select}
     table: dict[float, dict[int, float | None]] = {}
     for (lr, seed), cell in cells.items():
         table.setdefault(lr, {})[seed] = cell.get("dev_ap")
-    chosen = choose_lr(table, seeds)
-    summary = grid_summary(table, seeds)
+    chosen = choose_lr(table, select)
+    summary = grid_summary(table, select)
     for entry in summary.values():  # best step per seed, so RESULTS.md can show where each run peaked
         lr = entry["learning_rate"]
-        entry["best_step"] = [_best_step(cells[(lr, seed)]) for seed in seeds]
-        entry["dev_curve"] = [cells[(lr, seed)].get("dev_curve") for seed in seeds]
-        entry["train_s"] = [cells[(lr, seed)].get("train_s") for seed in seeds]
-    record = {"label": label, "learning_rate": chosen, "seeds": list(seeds), "grid": summary,
-              "rule": "highest mean dev AP over all seeds (complete lrs only); ties -> smaller lr"}
+        entry["best_step"] = [_best_step(cells[(lr, seed)]) for seed in select]
+        entry["dev_curve"] = [cells[(lr, seed)].get("dev_curve") for seed in select]
+        entry["train_s"] = [cells[(lr, seed)].get("train_s") for seed in select]
+    record = {"label": label, "learning_rate": chosen, "seeds": list(seeds), "select_seeds": select, "grid": summary,
+              "rule": f"highest mean dev AP over seeds {select} (complete lrs only); ties -> smaller lr"}
     if chosen is None:
         logger.warning("%s: no learning rate has a dev AP for every seed; no tuned row", name)
         return record
+    for seed in seeds:  # the chosen lr's other seeds, trained only now
+        if (chosen, seed) not in cells:
+            cells[(chosen, seed)] = grid_cell(ctx, name, chosen, seed)
+    if set(seeds) != set(select):  # dev AP of every tuned seed at the chosen lr
+        chosen_dev = [cells[(chosen, seed)].get("dev_ap") for seed in seeds]
+        present = [float(v) for v in chosen_dev if v is not None]
+        record["chosen_dev_ap"] = {"dev_ap": chosen_dev, "dev_ap_mean": statistics.fmean(present) if present else None,
+                                   "dev_ap_std": statistics.stdev(present) if len(present) > 1 else None}
     for seed in seeds:
         row, cell = f"{name}_tuned@s{seed}", cells[(chosen, seed)]
         if ctx.store.has(row) and ctx.store.load(row)[1].get("cell") == cell["cell"]:
@@ -539,6 +565,8 @@ def tuned_bootstrap(store: Store, task: Task, tuning: dict[str, Any], *, resampl
     "best" by mean dev AP at the chosen lr (test does not pick the rows it is then scored on)."""
     def dev_mean(name: str) -> float:
         info = tuning[name]
+        if "chosen_dev_ap" in info:  # every tuned seed's dev AP, not only the selection seeds'
+            return info["chosen_dev_ap"]["dev_ap_mean"]
         return info["grid"][lr_tag(info["learning_rate"])]["dev_ap_mean"]
 
     chosen = [n for n in tuning if tuning[n].get("learning_rate") is not None]
@@ -686,6 +714,7 @@ SYSTEMS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     "zero_shot": (_rows_zero_shot, ("qqp", "stsb", "mrpc")),
     "ms_contrastive_l2": (_rows_metric_sim("contrastive_l2", "metric-sim online contrastive, Euclidean (task recipe)"), ("qqp", "stsb", "mrpc")),
     "ms_contrastive_l1": (_rows_metric_sim("contrastive_l1", "metric-sim online contrastive, Manhattan"), ("qqp",)),
+    "ms_contrastive_l2_hn": (_rows_metric_sim("contrastive_l2_hn", "metric-sim online contrastive, Euclidean + mined hard negatives"), ("qqp",)),
     "ms_triplet": (_rows_metric_sim("triplet", "metric-sim triplet (margin 0.2), Euclidean"), ("qqp",)),
     "ms_ntxent": (_rows_metric_sim("ntxent", "metric-sim NT-Xent in-batch negatives (t 0.05), Euclidean"), ("qqp",)),
     "ms_frozen_head": (_rows_metric_sim("frozen_head", "metric-sim frozen encoder + linear head, Euclidean"), ("qqp",)),
@@ -841,6 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "lr and seed, keep each run's best dev checkpoint, choose the lr per system on mean dev AP, "
                              "score test once for that lr (rows NAME_tuned@sSEED). Without values: "
                              + " ".join(lr_tag(lr) for lr in DEFAULT_LR_GRID))
+    parser.add_argument("--select-seeds", type=int, nargs="+", default=None,
+                        help="fair-peer mode: seeds trained at every lr to choose it (default: all the tuned seeds); "
+                             "the other seeds are trained at the chosen lr only")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="fair-peer mode: keep each cell's Trainer checkpoints (default: pruned once the cell "
                              "is finished, but their trainer_state.json)")
@@ -872,6 +904,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(set(seeds)) != len(seeds):
         parser.error(f"seeds must be distinct, got {seeds}")
     args.fine_tune_seeds = list(seeds)
+    if args.select_seeds is not None:
+        if args.lr_grid is None:
+            parser.error("--select-seeds applies only with --lr-grid")
+        if len(set(args.select_seeds)) != len(args.select_seeds) or not set(args.select_seeds) <= set(seeds):
+            parser.error(f"--select-seeds must be distinct seeds among the tuned seeds {seeds}, got {args.select_seeds}")
     reuse = {}
     for item in args.reuse:
         name, sep, path = item.partition("=")
@@ -918,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             if args.lr_grid is not None and tunable(name):
                 label = getattr(SYSTEMS[name][0], "label", name)
-                tuning[name] = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds)
+                tuning[name] = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds, args.select_seeds)
                 write_json(tuning_file, tuning)
             else:
                 SYSTEMS[name][0](ctx)

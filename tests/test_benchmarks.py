@@ -223,6 +223,12 @@ def test_parse_args_lr_grid_seeds_and_bootstrap():
                 ["--systems", "st_nope"], ["--lr-grid", "fast"]):
         with pytest.raises(SystemExit):
             quality.parse_args(["--work", "w", *bad])
+    args = quality.parse_args(["--work", "w", "--lr-grid", "--seeds", "0", "1", "2", "--select-seeds", "0"])
+    assert args.select_seeds == [0] and args.fine_tune_seeds == [0, 1, 2]
+    for bad in (["--select-seeds", "0"], ["--lr-grid", "--seeds", "0", "1", "--select-seeds", "5"],
+                ["--lr-grid", "--select-seeds", "0", "0"]):
+        with pytest.raises(SystemExit):
+            quality.parse_args(["--work", "w", *bad])
     assert quality.tunable("ms_contrastive_l2") and quality.tunable("st_mnrl_hn")
     assert not quality.tunable("ms_frozen_head") and not quality.tunable("baselines") and not quality.tunable("zero_shot")
 
@@ -331,3 +337,54 @@ def test_peak_rss_is_this_process_not_the_parent():
     # ru_maxrss would hand the child this process's pre-exec peak; VmHWM does not
     assert child < here - 250
     del ballast
+
+
+class _CachedRows:
+    """A store whose tuned rows are all cached for the cell they name: run_tuned then encodes nothing."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+
+    def has(self, row: str) -> bool:
+        return row in self.rows
+
+    def load(self, row: str) -> tuple[dict, dict]:
+        return {}, self.rows[row]
+
+
+def test_run_tuned_with_select_seeds_trains_every_lr_on_those_seeds_and_the_rest_at_the_chosen_lr_only(monkeypatch):
+    dev_ap = {(2e-5, 0): 0.80, (5e-5, 0): 0.83, (1e-4, 0): 0.82, (5e-5, 1): 0.81, (5e-5, 2): 0.85,
+              (2e-5, 1): 0.99, (1e-4, 2): 0.99}  # cells the selection must never train
+    trained = []
+
+    def fake_cell(ctx, name, lr, seed):
+        trained.append((lr, seed))
+        return {"cell": f"{name}@lr{quality.lr_tag(lr)}@s{seed}", "dev_ap": dev_ap[(lr, seed)]}
+
+    monkeypatch.setattr(quality, "grid_cell", fake_cell)
+    store = _CachedRows()
+    for seed in (0, 1, 2):
+        store.rows[f"ms_x_tuned@s{seed}"] = {"cell": f"ms_x@lr5e-05@s{seed}"}
+    ctx = type("Ctx", (), {"store": store})()
+    record = quality.run_tuned(ctx, "ms_x", "x", [2e-5, 5e-5, 1e-4], [0, 1, 2], select_seeds=[0])
+    assert sorted(trained) == sorted([(2e-5, 0), (5e-5, 0), (1e-4, 0), (5e-5, 1), (5e-5, 2)])
+    assert record["learning_rate"] == 5e-5 and record["select_seeds"] == [0] and record["seeds"] == [0, 1, 2]
+    assert record["chosen_dev_ap"]["dev_ap"] == [0.83, 0.81, 0.85]
+    assert record["chosen_dev_ap"]["dev_ap_mean"] == pytest.approx(np.mean([0.83, 0.81, 0.85]))
+    header, rows = fair_peers.tuning_table({"ms_x": record})
+    assert [r[1] for r in rows] == ["2e-05", "5e-05", "0.0001", "5e-05, seeds [0, 1, 2]"]
+    assert rows[-1][4] == "lr chosen on seeds [0]" and rows[1][4] == "**yes**"
+    trained.clear()  # without select_seeds every seed trains at every lr
+    dev_ap.update({(2e-5, 2): 0.5, (1e-4, 1): 0.5})
+    record = quality.run_tuned(ctx, "ms_x", "x", [2e-5, 5e-5, 1e-4], [0, 1, 2])
+    assert len(trained) == 9 and "chosen_dev_ap" not in record and record["learning_rate"] == 5e-5
+
+
+def test_hard_negative_variant_is_the_recipe_plus_mining_at_the_same_step_budget():
+    recipe = quality.TrainConfig.from_yaml(quality.RECIPES / "quora_duplicates.yaml")
+    task = quality.Task("qqp", recipe, None, None, None, steps=511)  # type: ignore[arg-type]
+    config = quality._ms_config(task, "contrastive_l2_hn")
+    assert config.max_steps == 511 and config.hard_negatives == quality.HARD_NEGATIVES
+    assert config.hard_negatives["anchors"] == "with_positives"
+    assert config.replace(hard_negatives=None, max_steps=recipe.max_steps) == recipe
+    assert quality.tunable("ms_contrastive_l2_hn")
