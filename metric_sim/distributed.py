@@ -88,6 +88,19 @@ def init_from_env() -> bool:
     return is_distributed()
 
 
+def close_process_group() -> None:
+    """Wait for every rank, then close the process group if one is open (no-op otherwise).
+
+    The Trainer opens the group and never closes it; left open, gloo's threads are torn down
+    at interpreter exit and a rank can abort ("terminate called without an active exception")
+    after its work is done, which torchrun reports as a failed job.
+    """
+    if not is_distributed():
+        return
+    barrier()
+    dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait until every rank gets here (no-op in one process)."""
     if not is_distributed():
