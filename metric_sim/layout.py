@@ -35,6 +35,7 @@ METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 HARD_NEGATIVES_FILE = "hard_negatives.tsv"  # mined negatives added to train (+ its .json sidecar)
+HARD_NEGATIVES_REFRESHED_FILE = "hard_negatives_refreshed.tsv"  # the latest refresh_steps re-mining (+ sidecar)
 
 # neighbour index folder
 INDEX_FILE = "index.faiss"

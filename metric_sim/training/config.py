@@ -41,7 +41,8 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The mining options a ``hard_negatives`` block may set (besides file / mine): named as in mine_hard_negatives.
 _MINING_KEYS = ("num_negatives", "range_min", "range_max", "relative_margin", "max_probability",
                 "sampling_strategy", "index_kind", "seed", "anchors")
-HARD_NEGATIVE_KEYS = ("file", "mine", *_MINING_KEYS)
+# refresh_steps: re-mine every N optimiser steps with the model being trained (never passed to mining).
+HARD_NEGATIVE_KEYS = ("file", "mine", "refresh_steps", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
                  "epochs", "max_grad_norm"}
 
@@ -60,7 +61,8 @@ class TrainConfig:
     ``{file: PATH}``, negatives saved by ``metric-sim mine`` with the starting model, or
     ``{mine: true, ...}`` with :func:`metric_sim.mining.mine_hard_negatives` options
     (``num_negatives``, ``range_min``, ``range_max``, ``relative_margin``,
-    ``sampling_strategy``, ``index_kind``, ``seed``; ``seed`` defaults to the config's).
+    ``sampling_strategy``, ``index_kind``, ``seed``; ``seed`` defaults to the config's), plus
+    ``refresh_steps: N`` to mine again every N optimiser steps with the encoder being trained.
     """
 
     # data
@@ -129,6 +131,17 @@ class TrainConfig:
         self._check_loss_params()
         if self.hard_negatives is not None:
             check_hard_negatives(self.hard_negatives, self.metric, self.seed)
+            self._check_refresh(self.hard_negatives.get("refresh_steps"))
+
+    def _check_refresh(self, refresh: int | None) -> None:
+        # A refresh rewrites the mined pairs in the training process: a loader worker keeps its own copy of them,
+        # and a frozen encoder never changes (the head trains on cached embeddings), so mining again finds the same.
+        if refresh is not None and self.dataloader_num_workers:
+            raise ConfigError(f"hard_negatives.refresh_steps={refresh!r} needs dataloader_num_workers: 0 (worker "
+                              f"processes would keep serving the old negatives), got {self.dataloader_num_workers!r}")
+        if refresh is not None and self.freeze_encoder:
+            raise ConfigError(f"hard_negatives.refresh_steps={refresh!r} needs freeze_encoder: false: a frozen "
+                              "encoder does not change, so mining again would find the same negatives")
 
     def _check_data_and_names(self) -> None:
         if self.preset is None and self.train_file is None:
@@ -326,6 +339,15 @@ def check_hard_negatives(block: Any, metric: str, seed: int) -> dict[str, Any]:
     path = block.get("file")
     if path is not None and (not isinstance(path, str) or not path):
         raise ConfigError(f"hard_negatives.file must be the path of a saved negatives TSV, got {path!r}")
+    refresh = block.get("refresh_steps")
+    if refresh is not None:
+        try:
+            require_positive_int("hard_negatives.refresh_steps", refresh)
+        except InvalidArgumentError as exc:
+            raise ConfigError(f"{exc} (or null: never refresh)") from None
+        if not mine:  # re-mining needs the mining options; a file was mined elsewhere, once
+            raise ConfigError(f"hard_negatives.refresh_steps={refresh!r} applies only with mine: true (it mines "
+                              f"again with the model being trained), got mine={mine!r} and file={path!r}")
     if (path is not None) == mine:
         raise ConfigError("hard_negatives needs exactly one of file (negatives saved by `metric-sim mine`) or "
                           f"mine: true, got file={path!r} and mine={mine!r}")

@@ -20,7 +20,7 @@ from metric_sim.mining import MinedNegatives, mine_hard_negatives
 from metric_sim.model import SimilarityModel
 from metric_sim.training.config import TrainConfig, check_hard_negatives
 
-__all__ = ["add_hard_negatives", "carve_dev", "load_training_data", "subsample"]
+__all__ = ["add_hard_negatives", "carve_dev", "load_training_data", "mine_train_negatives", "subsample"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,7 @@ def add_hard_negatives(config: TrainConfig, train: PairDataset, dev: PairDataset
     elif source == "file":
         mined = _load_matching(Path(block["file"]).expanduser(), encoder, metric)
     else:
-        options = check_hard_negatives(block, config.metric, config.seed)
-        model = SimilarityModel(encoder, metric)
-        mined = broadcast_object(mine_hard_negatives(model, train, batch_size=config.eval_batch_size, **options)
-                                 if is_main_process() else None)
+        mined = mine_train_negatives(config, train, encoder)
     seconds = time.perf_counter() - started
     _refuse_dev_texts(mined, train, dev)
     try:
@@ -117,6 +114,18 @@ def add_hard_negatives(config: TrainConfig, train: PairDataset, dev: PairDataset
                 source, len(mined), len(train), seconds, saved)
     record = {"source": source, "count": len(mined), "seconds": round(seconds, 2), "counts": dict(mined.counts)}
     return concat_pairs(train, extra), record
+
+
+def mine_train_negatives(config: TrainConfig, train: PairDataset, encoder: ItemEncoder) -> MinedNegatives:
+    """The config's ``hard_negatives`` mining options run on ``train`` with ``encoder`` as it is now.
+
+    Rank 0 mines and every rank gets its result (the other ranks wait in the broadcast).
+    The one place both the first mining and every refresh go through, so they use the same options.
+    """
+    options = check_hard_negatives(config.hard_negatives, config.metric, config.seed)
+    model = SimilarityModel(encoder, Metric.parse(config.metric))
+    return broadcast_object(mine_hard_negatives(model, train, batch_size=config.eval_batch_size, **options)
+                            if is_main_process() else None)
 
 
 def concat_pairs(first: PairDataset, second: PairDataset) -> PairDataset:

@@ -6,6 +6,7 @@ A run folder (``train(config, out_dir=RUN_DIR)``)::
     RUN_DIR/model/              final SimilarityModel (calibrator fitted on dev)
     RUN_DIR/metrics.json        {"dev": {...}, "zero_shot_dev": {...}, "hard_negatives": {...}}
     RUN_DIR/hard_negatives.tsv  mined negatives added to train (+ .json sidecar), with hard_negatives
+    RUN_DIR/hard_negatives_refreshed.tsv  the latest re-mining, with hard_negatives.refresh_steps
     RUN_DIR/checkpoints/        transformers.Trainer checkpoints
 
 The encoder is any :class:`~metric_sim.encoders.base.TrainableEncoder`: the run uses
@@ -51,6 +52,7 @@ from metric_sim.training.data import add_hard_negatives, load_training_data
 from metric_sim.training.dev import DevEvaluator, calibrated_metrics
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
+from metric_sim.training.refresh import HardNegativeRefresh
 from metric_sim.training.resume import checkpoint_step, start_or_resume
 from metric_sim.training.samplers import (
     ClusterPairSampler,
@@ -127,6 +129,7 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     if world > 1:
         logger.info("torchrun: %d processes (%s), %d pairs per rank per step, %d in all", world,
                     args.device.type, config.batch_size, config.batch_size * world)
+    split_train = train_data  # what mining runs on, first and at every refresh
     if config.hard_negatives is not None:
         encoder.to(args.device)  # mining embeds the train items with the starting encoder
         train_data, hard_negatives = add_hard_negatives(config, train_data, dev_data, encoder, run_dir, resume=resume)
@@ -152,8 +155,9 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     if is_main_process():
         write_json_atomic(run_dir / TRAIN_CONFIG_FILE, {**config.to_dict(), "run": {"status": "running"}})
     guard = ZeroLossGuard(config.loss)
-    trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard, callbacks,
-                            show_progress)
+    refresh = _refresh_callbacks(config, encoder, split_train, pairs, run_dir, hard_negatives)
+    trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard,
+                            [*refresh, *callbacks], show_progress)
     logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
                 plan.planned_steps, plan.steps_per_epoch, config.batch_size, f" x {world} ranks" if world > 1 else "",
                 plan.sampler, config.learning_rate)
@@ -169,6 +173,19 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     } if is_main_process() else {}
     return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
                    output_metrics, record, started)
+
+
+def _refresh_callbacks(config: TrainConfig, encoder: TrainableEncoder, split_train: PairDataset,
+                       pairs: PreparedPairs, run_dir: Path, record: dict[str, Any] | None) -> list[TrainerCallback]:
+    """The hard-negative refresh, when the config asks for one (before the caller's callbacks: they see its swap)."""
+    if record is None or config.hard_negatives is None or config.hard_negatives.get("refresh_steps") is None:
+        return []
+    # add_hard_negatives appended the mined pairs after the train split: they are the last rows.
+    first_slot = len(split_train)
+    if len(pairs) - first_slot != record["count"]:  # a change to how the pairs are prepared broke the slot layout
+        raise TrainingError(f"hard negatives refresh: expected the {record['count']} mined pairs as the last rows of "
+                            f"{len(pairs)} prepared pairs, found {len(pairs) - first_slot}")
+    return [HardNegativeRefresh(config, encoder, split_train, pairs, first_slot, run_dir, record)]
 
 
 def _training_data(config: TrainConfig, train_data: PairDataset | None,
