@@ -13,7 +13,7 @@ from metric_sim.cli.common import (
     load_pairs_from_args,
     print_json,
 )
-from metric_sim.errors import CalibrationError, UsageError
+from metric_sim.errors import CalibrationError, MetricSimError, UsageError
 from metric_sim.layout import DEFAULT_MODEL, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,15 @@ def add_evaluate_parser(sub: Subparsers) -> None:
     evaluate.add_argument(
         "--baseline", default=None, metavar="MODEL",
         help="also evaluate this encoder beside the model, calibrated the same way (e.g. 'default': the packaged all-MiniLM-L6-v2)",
+    )
+    evaluate.add_argument(
+        "--also", nargs="+", default=None, metavar="PRESET_OR_FILE",
+        help="forgetting: also score the model and its zero-shot base on these other sets: a preset name, optionally "
+             "PRESET:SPLIT (default split: test), or a pairs file read with the same column flags as --data",
+    )
+    evaluate.add_argument(
+        "--base", default=None, metavar="NAME_OR_PATH",
+        help="the zero-shot base model for --also (default: the starting 'model' recorded in the run's train_config.json)",
     )
     evaluate.add_argument("--report", required=True, metavar="DIR", help="folder for metrics.json, report.md and the figures")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -51,6 +60,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     calibration_pairs = None
     if args.calibrate_on is not None:
         calibration_pairs = load_pairs_from_args(args, args.data, split=args.calibrate_on, split_file=args.split_file)
+    if args.base is not None and not args.also:
+        raise UsageError(f"--base {args.base!r} is the zero-shot model for --also: name the other sets with --also PRESET_OR_FILE ...")
+    also = _load_also(args) if args.also else None
     model = SimilarityModel.from_pretrained(args.model)
     if model.calibrator is None and calibration_pairs is None:
         raise CalibrationError(
@@ -61,6 +73,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.baseline:
         # Same metric and token budget as the model, so the comparison is like for like.
         baseline = SimilarityModel.from_pretrained(args.baseline, metric=model.metric, max_length=model.encoder.max_length)
+    base_model, base_info = None, None
+    if also is not None:
+        from metric_sim.evaluation import load_base_model
+
+        base_model, base_info = load_base_model(args.model, model, args.base)
     logger.info("scoring %d pairs%s", len(pairs), f" (split {args.split!r})" if args.split else "")
     payload = evaluate_and_report(
         model,
@@ -73,6 +90,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data={"preset": args.preset, "split_file": args.split_file},
         batch_size=batch_size,
         show_progress=True,
+        out_of_domain=also,
+        base_model=base_model,
+        base_info=base_info,
     )
     if args.json:
         print_json(payload)
@@ -97,8 +117,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for label, get in rows:
         values = [get(payload["models"][name]) for name in names]
         print(f"{label:28s}" + "".join(f"{'-' if v is None else format(v, '.4f'):>24s}" for v in values))
+    if "out_of_domain" in payload:
+        from metric_sim.evaluation.out_of_domain import BASE_MODEL_KEY, out_of_domain_summary_lines
+
+        section = payload["out_of_domain"]
+        print(f"out of domain, base {section[BASE_MODEL_KEY]['source']} -> fine-tuned (delta = fine-tuned - base):")
+        for line in out_of_domain_summary_lines(section):
+            print(f"  {line}")
     print(f"report: {Path(args.report) / 'report.md'}")
     return EXIT_OK
+
+
+def _load_also(args: argparse.Namespace) -> dict:
+    """The --also sets by name, each loaded and checked (two classes) before any model is loaded."""
+    from metric_sim.evaluation.out_of_domain import check_out_of_domain_sets
+
+    sets: dict = {}
+    for value in args.also:
+        name, pairs = _load_also_set(args, value)
+        if name in sets:
+            raise UsageError(f"--also names the set {name!r} twice")
+        sets[name] = pairs
+    check_out_of_domain_sets(sets)
+    return sets
+
+
+def _load_also_set(args: argparse.Namespace, value: str) -> tuple[str, object]:
+    """One --also value: ``PRESET[:SPLIT]`` (a preset name wins over a file of that name), else a pairs file."""
+    from metric_sim.data import list_presets, load_preset
+    from metric_sim.data.presets import PRESETS
+
+    presets = list_presets()
+    preset, _, split = value.partition(":")
+    is_preset = preset in presets
+    if not is_preset and not Path(value).expanduser().exists():
+        raise UsageError(f"--also {value!r} is neither a preset ({', '.join(presets)}; PRESET:SPLIT picks a split, "
+                         "default test) nor an existing pairs file")
+    # Default: the test split; a preset without splits (paws) is then refused by name.
+    split = (split or ("test" if PRESETS[preset].splits else None)) if is_preset else None
+    try:
+        if is_preset:
+            return (f"{preset}:{split}" if split else preset), load_preset(preset, split=split)
+        return value, load_pairs_from_args(args, value)
+    except (MetricSimError, OSError, UnicodeError) as exc:
+        raise UsageError(f"--also {value!r}: {exc}") from exc
 
 
 def add_calibrate_parser(sub: Subparsers) -> None:

@@ -6,6 +6,8 @@
 * :mod:`~metric_sim.evaluation.report`: :func:`write_report` turns evaluations (the model
   and a baseline) into ``metrics.json``, ``report.md`` and PNG figures
   (:mod:`~metric_sim.evaluation.figures`); :func:`evaluate_and_report` does both;
+* :mod:`~metric_sim.evaluation.out_of_domain`: :func:`out_of_domain_report`, forgetting: the
+  fine-tuned model against its zero-shot base on other data sets (AP, ROC-AUC, ECE, deltas);
 * :mod:`~metric_sim.evaluation.examples`: :func:`example_pair_lines`, printable pairs in both orders;
 * :mod:`~metric_sim.evaluation.oneshot`: :func:`one_shot_accuracy`, N-way one-shot
   classification on unseen classes (Lake's protocol), with a Wilson interval;
@@ -31,6 +33,7 @@ from metric_sim.evaluation.oneshot import (
     sample_one_shot_tasks,
     wilson_interval,
 )
+from metric_sim.evaluation.out_of_domain import load_base_model, out_of_domain_report
 from metric_sim.evaluation.report import SCHEMA_VERSION, evaluate_and_report, write_report
 from metric_sim.evaluation.scoring import Evaluation, describe_split, evaluate
 from metric_sim.metrics import (
@@ -62,8 +65,10 @@ __all__ = [
     "example_pair_lines",
     "expected_calibration_error",
     "in_sample_thresholds",
+    "load_base_model",
     "one_shot_accuracies",
     "one_shot_accuracy",
+    "out_of_domain_report",
     "pair_metrics",
     "plot_neighbour_grid",
     "reliability_bins",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,18 @@ from metric_sim.errors import CalibrationError, InvalidArgumentError
 from metric_sim.evaluation.examples import example_rows, pair_line
 from metric_sim.evaluation.figures import FIGURES, write_figures
 from metric_sim.evaluation.neighbours import write_neighbour_grid
+from metric_sim.evaluation.out_of_domain import (
+    BASE_MODEL_KEY,
+    check_out_of_domain_sets,
+    out_of_domain_markdown,
+    out_of_domain_report,
+)
 from metric_sim.evaluation.scoring import Evaluation, describe_split, evaluate
 from metric_sim.metrics import IN_SAMPLE_NOTE
 from metric_sim.model import SimilarityModel
 from metric_sim.storage import atomic_file, package_versions
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 # The libraries whose versions metrics.json records, under these (distribution) names.
@@ -121,6 +130,8 @@ def _report_markdown(payload: dict[str, Any], evaluations: Sequence[Evaluation],
                     [[ev.name, repr(ev.metrics["symmetry"]["max_abs_difference"]), str(ev.metrics["symmetry"]["bitwise_equal"]),
                       ev.metrics["symmetry"]["pairs"]] for ev in evaluations])
     lines += [""]
+    if payload.get("out_of_domain"):
+        lines += out_of_domain_markdown(payload["out_of_domain"])
     if examples:
         lines += ["## Example pairs", "", "Typical similar (label=1) and dissimilar (label=0) pairs, with both orders:", "", "```"]
         lines += examples + ["```", ""]
@@ -149,8 +160,12 @@ def write_report(
     data: dict[str, Any],
     examples: list[str] | None = None,
     extra_figures: dict[str, str] | None = None,
+    out_of_domain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``report.md`` and the PNG figures; return the metrics payload.
+
+    ``out_of_domain`` (what :func:`~metric_sim.evaluation.out_of_domain.out_of_domain_report`
+    returns) becomes ``metrics.json``'s ``out_of_domain`` and a table in the report.
 
     ``extra_figures`` (name -> file in ``directory``) are pictures written by the caller,
     listed and shown in the report after the standard ones.
@@ -179,6 +194,8 @@ def write_report(
         "warnings": [w for ev in evaluations for w in ev.metrics.get("warnings", [])],
         "versions": package_versions(REPORT_PACKAGES),
     }
+    if out_of_domain is not None:
+        payload["out_of_domain"] = out_of_domain
     with atomic_file(out / "metrics.json") as tmp:
         # Insertion order: the model before its baseline, summary before detail.
         tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
@@ -211,8 +228,20 @@ def evaluate_and_report(
     data: dict[str, Any] | None = None,
     batch_size: int = 64,
     show_progress: bool = False,
+    out_of_domain: Mapping[str, Any] | None = None,
+    base_model: SimilarityModel | None = None,
+    base_info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` (and ``baseline``, calibrated the same way) and write the report."""
+    """Evaluate ``model`` (and ``baseline``, calibrated the same way) and write the report.
+
+    ``out_of_domain`` (set name -> ``PairDataset``) adds the forgetting section: both
+    ``model`` and ``base_model`` (its zero-shot start) scored on each set; see
+    :func:`_out_of_domain_section` for how each is calibrated.
+    """
+    if out_of_domain is not None:
+        if base_model is None:
+            raise InvalidArgumentError("out_of_domain sets need base_model, the zero-shot model the fine-tune started from")
+        check_out_of_domain_sets(out_of_domain)
     if baseline is not None and calibration_pairs is None and baseline.calibrator is None:
         raise CalibrationError(
             "the baseline has no stored calibrator: give calibration pairs (--calibrate-on SPLIT) so it gets one like the model"
@@ -233,6 +262,44 @@ def evaluate_and_report(
     }
     out = Path(report_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    section = None
+    if out_of_domain is not None and base_model is not None:  # both or neither, checked above
+        section = _out_of_domain_section(evaluations[0], model, base_model, out_of_domain, pairs, split,
+                                         calibration_pairs, calibration_name, base_info, batch_size, show_progress)
     grid = write_neighbour_grid(model, pairs, out, batch_size=batch_size)  # images and products only
     return write_report(out, evaluations, data=info, examples=_report_examples(evaluations[0], pairs),
-                        extra_figures={"neighbours": grid.name} if grid is not None else None)
+                        extra_figures={"neighbours": grid.name} if grid is not None else None, out_of_domain=section)
+
+
+def _out_of_domain_section(main: Evaluation, model: SimilarityModel, base_model: SimilarityModel,
+                           datasets: Mapping[str, Any], pairs: Any, split: str, calibration_pairs: Any,
+                           calibration_name: str | None, base_info: Mapping[str, Any] | None, batch_size: int,
+                           show_progress: bool) -> dict[str, Any]:
+    """The forgetting section, each model calibrated as ``evaluate`` calibrates.
+
+    The rule: the fine-tuned model keeps the calibrator of the main evaluation (fitted on
+    the calibration split, else the one stored with it). The base gets its own, fitted on
+    in-domain pairs the evaluation uses: the same calibration split when there is one,
+    else the scored split (the base has no calibrator for this data of its own). The
+    out-of-domain sets never fit either; ``in_domain_pairs`` counts what a set shares with
+    the in-domain pairs, and the report warns when that is not 0.
+    """
+    if calibration_pairs is not None:
+        base_pairs, base_fit_name = calibration_pairs, calibration_name
+    else:
+        base_pairs, base_fit_name = pairs, describe_split(pairs, split if split != "all" else None)
+    logger.info("out-of-domain: fitting the base model's calibrator on %s", base_fit_name)
+    base_calibrator = base_model.fit_calibrator(base_pairs, fitted_on=base_fit_name, batch_size=batch_size,
+                                                show_progress=show_progress)
+    section = out_of_domain_report(
+        SimilarityModel(model.encoder, main.metric, main.calibrator),
+        SimilarityModel(base_model.encoder, base_model.metric, base_calibrator),
+        datasets, base_info=base_info, batch_size=batch_size, show_progress=show_progress,
+    )
+    section[BASE_MODEL_KEY]["model_calibrator"]["origin"] = main.calibrator_origin
+    section[BASE_MODEL_KEY]["calibrator"]["origin"] = f"fitted on {base_fit_name} for this report"
+    # A set that repeats in-domain pairs is not out of domain there: say how many it shares.
+    in_domain = {frozenset(p) for d in (pairs, calibration_pairs) if d is not None for p in zip(d.texts_a, d.texts_b, strict=True)}
+    for name, other in datasets.items():
+        section[name]["in_domain_pairs"] = sum(frozenset(p) in in_domain for p in zip(other.texts_a, other.texts_b, strict=True))
+    return section
