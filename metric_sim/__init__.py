@@ -97,6 +97,8 @@ _EXPORTS: dict[str, str] = {
     "pair_metrics": "metric_sim.metrics",
     "retrieval_metrics": "metric_sim.metrics",
     "symmetry_gap": "metric_sim.metrics",
+    "interpolate_model": "metric_sim.interpolation",
+    "interpolate_weights": "metric_sim.interpolation",
     "MinedNegatives": "metric_sim.mining",
     "mine_hard_negatives": "metric_sim.mining",
     "PairEmbeddings": "metric_sim.model",
@@ -201,6 +203,8 @@ __all__ = [
     "fine_tune_demo",
     "format_results",
     "in_sample_thresholds",
+    "interpolate_model",
+    "interpolate_weights",
     "item_id",
     "list_encoders",
     "list_losses",
@@ -343,6 +347,10 @@ if TYPE_CHECKING:
         ShardedEncoding,
         build_index_sharded,
         encode_sharded,
+    )
+    from metric_sim.interpolation import (
+        interpolate_model,
+        interpolate_weights,
     )
     from metric_sim.items import (
         describe_item,

@@ -45,7 +45,8 @@ from metric_sim.schema import SavedFields, read_json_file
 from metric_sim.storage import write_json_atomic
 from metric_sim.validation import require_same_length
 
-__all__ = ["BACKENDS", "PairEmbeddings", "SimilarityModel", "read_model_config", "saved_calibrator"]
+__all__ = ["BACKENDS", "PairEmbeddings", "SimilarityModel", "read_model_config", "saved_calibrator",
+           "saved_weight_interpolation"]
 
 METRIC_NAMES = tuple(m.value for m in Metric)
 
@@ -77,6 +78,28 @@ def saved_calibrator(fields: SavedFields, name: str, metric: Metric, *, owner: s
         section.fail("threshold", f"is {recorded!r}, but weight and bias give {calibrator.threshold!r}: the threshold "
                                   "is derived from them (edit weight/bias, or delete threshold)")
     return calibrator
+
+
+def saved_weight_interpolation(payload: dict[str, Any], config_file: Path) -> dict[str, Any] | None:
+    """The ``weight_interpolation`` record of a model folder (None when absent or null), every field checked.
+
+    Written by :func:`metric_sim.interpolation.interpolate_model`: provenance only (the
+    weights are the interpolated ones), so folders without it load as before.
+    """
+    fields = SavedFields(payload, config_file, ConfigError)
+    section = fields.section("weight_interpolation", required=False, nullable=True)
+    if section is None:
+        return None
+    alpha = section.get("alpha", float, minimum=0)
+    if alpha > 1:
+        section.fail("alpha", f"must be a number in [0, 1], got {alpha!r}")
+    section.get("base", str, nullable=True)
+    section.get("base_fingerprint", str)
+    section.get("finetuned_fingerprint", str, required=False)
+    kept = section.get("kept_from_finetuned", list, required=False, default=[])
+    if not all(isinstance(name, str) for name in kept):
+        section.fail("kept_from_finetuned", f"must be a list of tensor names, got {kept!r}")
+    return dict(section.payload)
 
 
 def read_model_config(config_file: Path, metric: Metric | str | None = None, *,
@@ -126,7 +149,8 @@ class SimilarityModel:
     """Encoder + metric + calibrator: distances, probabilities and decisions for pairs of items."""
 
     def __init__(self, encoder: ItemEncoder, metric: Metric | str = Metric.EUCLIDEAN,
-                 calibrator: Calibrator | None = None) -> None:
+                 calibrator: Calibrator | None = None, *,
+                 weight_interpolation: dict[str, Any] | None = None) -> None:
         if not isinstance(encoder, ItemEncoder):
             raise InvalidArgumentTypeError(
                 f"encoder must implement metric_sim.encoders.ItemEncoder, got {type(encoder).__name__}"
@@ -138,6 +162,11 @@ class SimilarityModel:
                 f"calibrator was fitted for metric {calibrator.metric.value!r}, but the model uses {self.metric.value!r}"
             )
         self.calibrator = calibrator
+        if weight_interpolation is not None and not isinstance(weight_interpolation, dict):
+            raise InvalidArgumentTypeError(f"weight_interpolation must be a dict or None, got "
+                                           f"{type(weight_interpolation).__name__}")
+        # Provenance of an interpolated encoder (metric_sim.interpolation), saved as is in metric_sim.json.
+        self.weight_interpolation = weight_interpolation
 
     @classmethod
     def from_pretrained(
@@ -160,20 +189,24 @@ class SimilarityModel:
         if backend is not None and backend not in BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         source = resolve_model_source(path)
-        saved_metric, calibrator = None, None
+        saved_metric, calibrator, interpolation = None, None, None
         if source.config_file is not None:  # checked before the (slow) encoder load
-            _, saved_metric, calibrator = read_model_config(source.config_file, metric)
+            payload, saved_metric, calibrator = read_model_config(source.config_file, metric)
+            interpolation = saved_weight_interpolation(payload, source.config_file)
         try:
             encoder = load_encoder(source, backend=backend, **encoder_kwargs)
         except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
             if source.config_file is None or encoder_kwargs:
                 raise  # the caller's arguments, or a folder without settings of its own
             raise ConfigError(f"{source.config_file}: the saved encoder settings do not load: {exc}") from exc
-        return cls(encoder, saved_metric or Metric.parse(metric or Metric.EUCLIDEAN), calibrator)
+        return cls(encoder, saved_metric or Metric.parse(metric or Metric.EUCLIDEAN), calibrator,
+                   weight_interpolation=interpolation)
 
     def save(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         payload: dict[str, Any] = {"metric": self.metric.value,
                                    "calibrator": self.calibrator.to_dict() if self.calibrator else None}
+        if self.weight_interpolation is not None:  # only then: other folders stay as they were
+            payload["weight_interpolation"] = self.weight_interpolation
         payload.update(extra or {})
         return self.encoder.save(directory, extra=payload)
 

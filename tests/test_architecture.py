@@ -41,6 +41,7 @@ RANKS = {
     "index": 7,
     "evaluation": 7,
     "export": 7,
+    "interpolation": 7,
     "mining": 8,
     "training": 9,
     "serve": 9,

@@ -38,6 +38,7 @@ from metric_sim.cli.data import add_data_parser
 from metric_sim.cli.evaluate import add_calibrate_parser, add_evaluate_parser
 from metric_sim.cli.export import add_export_parser
 from metric_sim.cli.index import add_dedupe_parser, add_index_parser, add_query_parser
+from metric_sim.cli.interpolate import add_interpolate_parser
 from metric_sim.cli.mine import add_mine_parser
 from metric_sim.cli.quickstart import add_quickstart_parser
 from metric_sim.cli.serve import add_serve_parser
@@ -72,6 +73,7 @@ PARSER_BUILDERS: list[Callable[[Subparsers], None]] = [
     add_dedupe_parser,
     add_mine_parser,
     add_export_parser,
+    add_interpolate_parser,
     add_train_parser,
     add_serve_parser,
 ]
