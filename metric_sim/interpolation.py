@@ -12,24 +12,41 @@ have started from ``base``.
 :func:`interpolate_weights` returns the new encoder; :func:`interpolate_model` wraps it in a
 :class:`~metric_sim.model.SimilarityModel` that records the coefficient and the base's
 identity in ``metric_sim.json`` (``weight_interpolation``) and refits the calibrator,
-since distances change with the weights. ``docs/robust-fine-tuning.md`` is the user guide.
+since distances change with the weights. :func:`choose_alpha` picks the coefficient on held-out
+data by a fixed rule (:func:`select_alpha`, the rule alone on a table of figures).
+``docs/robust-fine-tuning.md`` is the user guide.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from metric_sim.calibration import DEFAULT_FEATURE
 from metric_sim.encoders.base import TrainableEncoder
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
+from metric_sim.metrics import average_precision
 from metric_sim.model import SimilarityModel
 from metric_sim.validation import require_probability
 
-__all__ = ["interpolate_model", "interpolate_weights", "interpolation_record"]
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "DEFAULT_TOLERANCE",
+    "AlphaChoice",
+    "choose_alpha",
+    "interpolate_model",
+    "interpolate_weights",
+    "interpolation_record",
+    "select_alpha",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +168,24 @@ def interpolate_weights(finetuned: TrainableEncoder, base: TrainableEncoder, alp
     """
     _check_pair(finetuned, base)
     alpha = require_probability("alpha", alpha)
+    result, kept = _mixed_encoder(finetuned, base, alpha)
+    _warn_once(finetuned, base, kept)
+    return result
+
+
+def _mixed_encoder(finetuned: Any, base: Any, alpha: float) -> tuple[Any, list[str]]:
+    """(a deep copy of ``finetuned`` with the mixed weights, the tensor names kept from it); no checks, no warnings."""
     state, kept = _interpolated_state(finetuned, base, alpha)
+    result = copy.deepcopy(finetuned)
+    result.load_state_dict(state, strict=True)
+    return result, kept
+
+
+def _warn_once(finetuned: Any, base: Any, kept: list[str]) -> None:
     _warn_about_settings(finetuned, base, kept)
     if _nothing_to_interpolate(finetuned, base, kept):
         logger.warning("interpolation: the fine-tuned and base encoders have the same weights%s, so every alpha "
                        "gives the same encoder", " outside the projection head" if kept else "")
-    result = copy.deepcopy(finetuned)
-    result.load_state_dict(state, strict=True)
-    return result
 
 
 def _display_name(name: str | os.PathLike[str] | None) -> str | None:
@@ -225,3 +252,183 @@ def interpolate_model(
         model.calibrate(calibration_pairs, fitted_on=fitted_on, batch_size=batch_size, show_progress=show_progress,
                         feature=previous.feature if previous is not None else DEFAULT_FEATURE)
     return model
+
+
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1
+DEFAULT_TOLERANCE = 0.005
+_RULE = ("among the alphas whose average precision on every guard set is at least the base's (alpha 0) minus "
+         "{tolerance:g}, the one with the highest in-domain dev AP; ties go to the larger alpha (closer to the "
+         "fine-tuned model); when no alpha above 0 passes, alpha 0 (the base), flagged guard_met=false")
+
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    """The alpha :func:`select_alpha` chose and every figure behind it.
+
+    ``table``: one row per alpha, ascending, ``{"alpha", "in_domain_ap", "guard_ap": {set: AP}, "passes"}``.
+    ``guard_floor``: the least AP each guard set may keep (the base's, at alpha 0, minus ``tolerance``).
+    ``guard_met``: False when no alpha above 0 passes; ``alpha`` is then 0 (the base).
+    ``in_domain_cost``: the best in-domain AP of any alpha minus the chosen one's (what the guard costs).
+    """
+
+    alpha: float
+    guard_met: bool
+    in_domain_cost: float
+    tolerance: float
+    guard_floor: dict[str, float]
+    table: list[dict[str, Any]]
+    rule: str
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        """The table row of the chosen alpha."""
+        return next(row for row in self.table if row["alpha"] == self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (``metric-sim interpolate --alpha auto`` saves it as ``weight_interpolation.selection``)."""
+        return copy.deepcopy({"alpha": self.alpha, "guard_met": self.guard_met, "in_domain_cost": self.in_domain_cost,
+                              "tolerance": self.tolerance, "guard_floor": self.guard_floor, "table": self.table,
+                              "rule": self.rule})
+
+
+def _require_number(name: str, value: Any, *, minimum: float = 0.0, maximum: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentTypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise InvalidArgumentError(f"{name} must be a finite number in [{minimum:g}, {maximum:g}], got {value!r}")
+    return float(value)
+
+
+def _table_row(i: int, row: Any) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise InvalidArgumentTypeError(f"table[{i}] must be a mapping, got {type(row).__name__}")
+    missing = [key for key in ("alpha", "in_domain_ap", "guard_ap") if key not in row]
+    if missing:
+        raise InvalidArgumentError(f"table[{i}] has no {missing[0]!r} (a row holds alpha, in_domain_ap and guard_ap)")
+    guard = row["guard_ap"]
+    if not isinstance(guard, Mapping) or not guard:
+        raise InvalidArgumentError(f"table[{i}]['guard_ap'] must be a non-empty mapping guard set -> AP, got {guard!r}")
+    return {
+        "alpha": require_probability(f"table[{i}]['alpha']", row["alpha"]) + 0.0,  # no -0.0
+        "in_domain_ap": _require_number(f"table[{i}]['in_domain_ap']", row["in_domain_ap"], maximum=1.0),
+        "guard_ap": {str(name): _require_number(f"table[{i}]['guard_ap'][{name!r}]", ap, maximum=1.0)
+                     for name, ap in guard.items()},
+    }
+
+
+def select_alpha(table: Iterable[Mapping[str, Any]], tolerance: float = DEFAULT_TOLERANCE) -> AlphaChoice:
+    """The selection rule alone, on figures already measured (:func:`choose_alpha` measures them).
+
+    ``table`` holds one mapping per alpha: ``alpha``, ``in_domain_ap`` (AP on the in-domain dev
+    pairs) and ``guard_ap`` (``{guard set: AP}``, the same sets in every row). It must include
+    alpha 0, the zero-shot base, which the guard is measured against. The rule:
+
+    1. an alpha *passes* when its AP on **every** guard set is at least the base's AP on that
+       set minus ``tolerance`` (alpha 0 always passes);
+    2. among the passing alphas, the one with the highest in-domain AP is chosen; on a tie
+       (equal AP), the larger alpha, which is closer to the fine-tuned model;
+    3. when no alpha above 0 passes, the result is alpha 0 with ``guard_met=False``, and
+       ``in_domain_cost`` says how much in-domain AP that gives up.
+    """
+    tolerance = _require_number("tolerance", tolerance)
+    if isinstance(table, (str, bytes, Mapping)) or not isinstance(table, Iterable):
+        raise InvalidArgumentTypeError(f"table must be a list of rows (one mapping per alpha), got {type(table).__name__}")
+    rows = sorted((_table_row(i, row) for i, row in enumerate(table)), key=lambda row: row["alpha"])
+    alphas = [row["alpha"] for row in rows]
+    if len(set(alphas)) != len(alphas):
+        raise InvalidArgumentError(f"table holds alpha {next(a for a in alphas if alphas.count(a) > 1)!r} twice")
+    if not rows or alphas[0] != 0.0:
+        raise InvalidArgumentError(f"table must include alpha 0 (the base the guard is measured against), got alphas {alphas}")
+    names = list(rows[0]["guard_ap"])
+    for row in rows:
+        if set(row["guard_ap"]) != set(names):
+            raise InvalidArgumentError(f"table row alpha={row['alpha']!r} has guard sets {sorted(row['guard_ap'])}, "
+                                       f"alpha 0 has {sorted(names)}: every row needs the same sets")
+    floor = {name: rows[0]["guard_ap"][name] - tolerance for name in names}
+    for row in rows:
+        row["passes"] = all(row["guard_ap"][name] >= floor[name] for name in names)
+    best = max((row for row in rows if row["passes"]), key=lambda row: (row["in_domain_ap"], row["alpha"]))
+    return AlphaChoice(
+        alpha=best["alpha"],
+        guard_met=any(row["passes"] for row in rows[1:]),
+        in_domain_cost=max(row["in_domain_ap"] for row in rows) - best["in_domain_ap"],
+        tolerance=tolerance,
+        guard_floor=floor,
+        table=rows,
+        rule=_RULE.format(tolerance=tolerance),
+    )
+
+
+def _alpha_grid(alphas: Any) -> list[float]:
+    """Sorted distinct alphas, with 0 (the base, the guard's reference) added when missing."""
+    if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Iterable):
+        raise InvalidArgumentTypeError(f"alphas must be a sequence of numbers in [0, 1], got {type(alphas).__name__}")
+    values = {require_probability(f"alphas[{i}]", a) + 0.0 for i, a in enumerate(alphas)}
+    if not any(a > 0 for a in values):
+        raise InvalidArgumentError(f"alphas must hold at least one value above 0 (0 is the base), got {sorted(values)}")
+    return sorted(values | {0.0})
+
+
+def _scorable_labels(name: str, pairs: Any) -> np.ndarray:
+    if not all(hasattr(pairs, attr) for attr in ("texts_a", "texts_b", "labels")):
+        raise InvalidArgumentTypeError(f"{name} must be a PairDataset, got {type(pairs).__name__}")
+    labels = np.asarray(pairs.labels)
+    if labels.size == 0 or np.unique(labels).size < 2:
+        raise InvalidArgumentError(f"{name} holds {labels.size:,} pairs of {np.unique(labels).size} class(es): "
+                                   "AP needs both similar (1) and dissimilar (0) pairs")
+    return labels
+
+
+def choose_alpha(
+    finetuned_model: SimilarityModel,
+    base_encoder: TrainableEncoder,
+    in_domain_dev: Any,
+    guard_sets: Mapping[str, Any],
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> AlphaChoice:
+    """Pick alpha on held-out pairs: measure every alpha, then apply :func:`select_alpha`'s rule.
+
+    For each alpha of ``alphas`` (0 is added when missing: it is the zero-shot base the guard
+    compares with) the encoder :func:`interpolate_weights` gives is scored by the average
+    precision of its raw distance (no calibrator) on ``in_domain_dev`` (in-domain held-out
+    pairs, never the test split) and on each set of ``guard_sets`` (``{name: PairDataset}``,
+    held-out pairs of the other data the model must not forget). Then, as :func:`select_alpha`:
+    among the alphas whose AP on every guard set is at least the base's minus ``tolerance``,
+    the one with the highest in-domain AP; ties go to the larger alpha; when no alpha above 0
+    passes, alpha 0 with ``guard_met=False``.
+
+    The items of all the sets together are encoded once per alpha (an item in several sets once).
+    """
+    if not isinstance(finetuned_model, SimilarityModel):
+        raise InvalidArgumentTypeError(f"finetuned_model must be a SimilarityModel, got {type(finetuned_model).__name__}")
+    finetuned = finetuned_model.encoder
+    _check_pair(finetuned, base_encoder)
+    tolerance = _require_number("tolerance", tolerance)
+    grid = _alpha_grid(alphas)
+    if not isinstance(guard_sets, Mapping) or not guard_sets:
+        raise InvalidArgumentError(f"guard_sets must be a non-empty mapping of set name -> PairDataset, got {guard_sets!r}")
+    if not all(isinstance(name, str) and name for name in guard_sets):
+        raise InvalidArgumentError(f"guard set names must be non-empty strings, got {list(guard_sets)}")
+    sets = [in_domain_dev, *guard_sets.values()]
+    labels = [_scorable_labels(name, pairs) for name, pairs in
+              zip(["in_domain_dev", *(f"guard_sets[{n!r}]" for n in guard_sets)], sets, strict=True)]
+    # One concatenated pair list: embed_pairs encodes the union of every set's items once.
+    all_a = [item for pairs in sets for item in pairs.texts_a]
+    all_b = [item for pairs in sets for item in pairs.texts_b]
+    bounds = np.cumsum([0] + [len(y) for y in labels])
+    rows = []
+    for alpha in grid:
+        encoder, kept = _mixed_encoder(finetuned, base_encoder, alpha)
+        if not rows:
+            _warn_once(finetuned, base_encoder, kept)
+        model = SimilarityModel(encoder, finetuned_model.metric)
+        distances = model.pair_distances(model.embed_pairs(all_a, all_b, batch_size=batch_size,
+                                                           show_progress=show_progress))
+        aps = [average_precision(distances[bounds[i]:bounds[i + 1]], y) for i, y in enumerate(labels)]
+        rows.append({"alpha": alpha, "in_domain_ap": aps[0], "guard_ap": dict(zip(guard_sets, aps[1:], strict=True))})
+        logger.info("alpha %g: in-domain AP %.4f, guard AP %s", alpha, aps[0], ", ".join(f"{a:.4f}" for a in aps[1:]))
+    return select_alpha(rows, tolerance)

@@ -99,6 +99,28 @@ def saved_weight_interpolation(payload: dict[str, Any], config_file: Path) -> di
     kept = section.get("kept_from_finetuned", list, required=False, default=[])
     if not all(isinstance(name, str) for name in kept):
         section.fail("kept_from_finetuned", f"must be a list of tensor names, got {kept!r}")
+    selection = section.section("selection", required=False, nullable=True)
+    if selection is not None:  # the table and rule of `metric-sim interpolate --alpha auto`; older records have none
+        selection.get("rule", str)
+        selection.get("select_on", str, required=False)
+        selection.get("tolerance", float, minimum=0)
+        selection.get("guard_met", bool)
+        selection.get("in_domain_cost", float, minimum=0)
+        floors = selection.get("guard_floor", dict)
+        if not floors or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in floors.values()):
+            selection.fail("guard_floor", f"must map each guard set to a number, got {floors!r}")
+        alphas = []
+        for i, row in enumerate(selection.get("table", list)):
+            fields = SavedFields(row, config_file, ConfigError, f"{selection.prefix}.table[{i}]")
+            alphas.append(fields.get("alpha", float, minimum=0))
+            fields.get("in_domain_ap", float, minimum=0)
+            fields.get("passes", bool)
+            guard = fields.get("guard_ap", dict)
+            if set(guard) != set(floors) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in guard.values()):
+                fields.fail("guard_ap", f"must map the guard sets {sorted(floors)} to numbers, got {guard!r}")
+        if selection.get("alpha", float) != alpha or alpha not in alphas:
+            selection.fail("alpha", f"must be the recorded alpha {alpha!r}, one of the table's alphas {alphas}")
     return dict(section.payload)
 
 
