@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from metric_sim.encoders.image_transforms import (
     preprocess_spec,
 )
 from metric_sim.encoders.small_cnn import SmallCNN
+from metric_sim.encoders.text import transformer_layer_groups
 from metric_sim.errors import (
     ConfigError,
     EncoderLoadError,
@@ -226,6 +228,24 @@ class ImageEncoder(nn.Module, TrainableEncoder):
             with torch.inference_mode(False), torch.no_grad():
                 self.backbone.to(memory_format=torch.contiguous_format)
 
+    def layer_groups(self) -> list[list[str]] | None:
+        """Parameter names bottom-up (as in ``named_parameters``): the stem, then each stage or block;
+        what ``freeze_layers`` freezes from the bottom. None when the backbone cannot be split.
+
+        A small CNN: no stem, one group per conv block. A timm model: its own ``group_matcher``
+        (``stem`` and the numbered ``blocks`` / ``stages``; the head after them is in no group),
+        else the children of its ``blocks``. A transformers vision model: its embeddings and layers.
+        """
+        backbone = self.backbone
+        if isinstance(backbone, SmallCNN):
+            groups = [[]] + backbone.block_parameter_names()
+        elif isinstance(backbone, HFVisionBackbone):
+            groups = transformer_layer_groups(backbone.model)
+            return None if groups is None else [[f"backbone.model.{n}" for n in g] for g in groups]
+        else:
+            groups = _timm_layer_groups(backbone)
+        return None if groups is None else [[f"backbone.{n}" for n in g] for g in groups]
+
     def base_encoder(self) -> ImageEncoder:
         """This encoder without projection head and normalisation; shares the backbone's weights."""
         return ImageEncoder(self.backbone, self.backbone_spec, preprocess=self.preprocess, augment=self.augment,
@@ -379,6 +399,42 @@ def image_encoder_from_name(
                 "add_pooling_layer": getattr(backbone.model, "pooler", None) is not None}
     merged = check_preprocess({**base, **(preprocess or {})})
     return ImageEncoder(backbone.eval(), spec, preprocess=merged, augment=augment, normalize=normalize, source=text)
+
+
+def _timm_layer_groups(backbone: nn.Module) -> list[list[str]] | None:
+    """Stem + numbered stages of a timm model, from its coarse ``group_matcher`` (None if it has none usable)."""
+    names = [name for name, _ in backbone.named_parameters()]
+    matcher = getattr(backbone, "group_matcher", None)
+    spec = matcher(coarse=True) if callable(matcher) else None
+    if isinstance(spec, dict) and isinstance(spec.get("stem"), str) and spec.get("blocks") is not None:
+        blocks = spec["blocks"]
+        # (regex, None) entries number the stages; (regex, (99999,)) ones are the head after them
+        patterns = [re.compile(blocks)] if isinstance(blocks, str) else \
+            [re.compile(p) for p, suffix in blocks if suffix is None and isinstance(p, str)]
+        stem_re = re.compile(spec["stem"])
+        stages: dict[int, list[str]] = {}
+        stem: list[str] = []
+        for name in names:
+            match = next((m for m in (p.match(name) for p in patterns) if m and m.groups()), None)
+            if match is not None:
+                stages.setdefault(int(match.group(1)), []).append(name)
+            elif stem_re.match(name):
+                stem.append(name)
+        if stages:
+            return [stem, *(stages[i] for i in sorted(stages))]
+    blocks_module = getattr(backbone, "blocks", None)
+    if not isinstance(blocks_module, (nn.Sequential, nn.ModuleList)) or not len(blocks_module):
+        return None
+    block_of = {id(p): i for i, block in enumerate(blocks_module) for p in block.parameters()}
+    groups: list[list[str]] = [[] for _ in range(len(blocks_module) + 1)]
+    seen_block = False
+    for name, parameter in backbone.named_parameters():
+        if id(parameter) in block_of:
+            seen_block = True
+            groups[block_of[id(parameter)] + 1].append(name)
+        elif not seen_block:
+            groups[0].append(name)
+    return groups
 
 
 def _load_checkpoint(backbone: nn.Module, path: Path) -> None:

@@ -51,5 +51,11 @@ class SmallCNN(nn.Module):
         """The constructor arguments (saved so the network is rebuilt offline)."""
         return {"in_channels": self.in_channels, "widths": list(self.widths), "stem_kernel": self.stem_kernel}
 
+    def block_parameter_names(self) -> list[list[str]]:
+        """The parameter names of each conv block (conv + batch norm), first block first."""
+        per_block = 4  # conv, batch norm, ReLU, max-pool
+        return [[f"features.{i}.{name}" for i in range(b * per_block, (b + 1) * per_block)
+                 for name, _ in self.features[i].named_parameters()] for b in range(len(self.widths))]
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.features(pixels).mean(dim=(2, 3))

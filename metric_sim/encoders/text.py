@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,47 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     if mode == "max":
         return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
     raise InvalidArgumentError(f"pooling must be one of {list(POOLING_MODES)}, got {mode!r}")
+
+
+def transformer_layer_groups(model: nn.Module, prefix: str = "") -> list[list[str]] | None:
+    """A transformers model's parameter names bottom-up: the input embeddings, then one list per layer.
+
+    Found generically rather than by architecture: the layers are the first ``nn.ModuleList``
+    of ``config.num_hidden_layers`` modules (BERT's ``encoder.layer``, GPT-2's ``h``, ViT's
+    ``encoder.layer``), and the embeddings are every parameter registered before the first
+    layer's (BERT: ``embeddings.*``), which must include the input embeddings. What follows
+    the layers (a pooler, a final norm) belongs to no group. ``prefix`` is prepended to the
+    names (the model's place in its owner). None when the model cannot be split this way.
+    """
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(depth, int) or depth < 1:
+        return None
+    layers = next((name for name, module in model.named_modules()
+                   if isinstance(module, nn.ModuleList) and len(module) == depth), None)
+    if layers is None:
+        return None
+    names = [name for name, _ in model.named_parameters()]
+    groups: list[list[str]] = [[] for _ in range(depth + 1)]
+    pattern = re.compile(rf"{re.escape(layers)}\.(\d+)\.") if layers else re.compile(r"(\d+)\.")
+    seen_layer = False
+    for name in names:
+        match = pattern.match(name)
+        if match:
+            seen_layer = True
+            groups[int(match.group(1)) + 1].append(prefix + name)
+        elif not seen_layer:
+            groups[0].append(prefix + name)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    stem = set(groups[0])
+    if embeddings is None or not any(prefix + name in stem for name, _ in _named_under(model, embeddings)):
+        return None
+    return groups
+
+
+def _named_under(model: nn.Module, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``module``'s parameters named as in ``model.named_parameters()``."""
+    owned = {id(p) for p in module.parameters()}
+    return [(name, p) for name, p in model.named_parameters() if id(p) in owned]
 
 
 def _projection_spec(projection: nn.Linear) -> dict[str, Any]:
@@ -287,6 +329,11 @@ class Encoder(nn.Module, TrainableEncoder):
         """This encoder without projection head and normalisation; shares the weights."""
         return Encoder(self.model, self.tokenizer, pooling=self.pooling, normalize=False,
                        max_length=self.max_length, source=self.source)
+
+    def layer_groups(self) -> list[list[str]] | None:
+        """Parameter names bottom-up (as in ``named_parameters``): the embeddings, then each transformer
+        layer (:func:`transformer_layer_groups`); what ``freeze_layers`` freezes from the bottom."""
+        return transformer_layer_groups(self.model, "model.")
 
     def check_items(self, items: Any, name: str = "items") -> list[str]:
         return require_texts(name, items)

@@ -44,7 +44,7 @@ _MINING_KEYS = ("num_negatives", "range_min", "range_max", "relative_margin", "m
 # refresh_steps: re-mine every N optimiser steps with the model being trained (never passed to mining).
 HARD_NEGATIVE_KEYS = ("file", "mine", "refresh_steps", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
-                 "epochs", "max_grad_norm"}
+                 "epochs", "max_grad_norm", "l2sp_weight"}
 
 
 @dataclass
@@ -63,6 +63,10 @@ class TrainConfig:
     (``num_negatives``, ``range_min``, ``range_max``, ``relative_margin``,
     ``sampling_strategy``, ``index_kind``, ``seed``; ``seed`` defaults to the config's), plus
     ``refresh_steps: N`` to mine again every N optimiser steps with the encoder being trained.
+
+    ``freeze_layers`` (the embeddings/stem + the lowest N layers stay fixed) and ``l2sp_weight``
+    (a penalty pulling the weights towards the starting ones) keep what the base model knew:
+    :mod:`metric_sim.training.regularizers`.
     """
 
     # data
@@ -90,6 +94,8 @@ class TrainConfig:
     max_length: int = 128
     freeze_encoder: bool = False
     projection_dim: int | None = None
+    freeze_layers: int = 0  # the embeddings (stem) + the lowest N layers (stages) are not trained
+    l2sp_weight: float = 0.0  # loss += l2sp_weight / 2 * ||theta - theta_start||^2 (L2-SP); 0: off
     # settings for the encoder ``model`` names when it is built from a starting point rather than a saved
     # folder (images: size, mode, augment, ...); checked by that encoder's builder when the run starts
     encoder_options: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +209,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+        self._check_robust()
         require_probability("dev_fraction", self.dev_fraction, open_interval=True)
         require_positive_float("learning_rate", self.learning_rate)
         require_positive_float("epochs", self.epochs)
@@ -217,6 +224,15 @@ class TrainConfig:
                 raise InvalidArgumentTypeError(f"{name} must be a number or null, got {value!r}")
             if value is not None and not math.isfinite(value):
                 raise InvalidArgumentError(f"{name} must be a finite number or null, got {value!r}")
+
+    def _check_robust(self) -> None:
+        layers, weight = self.freeze_layers, self.l2sp_weight
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ConfigError(f"freeze_layers must be a non-negative integer (0: train every layer), got {layers!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"l2sp_weight must be a finite number >= 0 (0: off), got {weight!r}")
+        if layers and self.freeze_encoder:  # freeze_encoder already freezes every layer (and caches embeddings)
+            raise ConfigError(f"freeze_layers={layers!r} and freeze_encoder: true exclude each other: set one")
 
     def _check_score_thresholds(self) -> None:
         # Only the score presets binarise a score; anywhere else the thresholds would be silently ignored.

@@ -39,7 +39,7 @@ from metric_sim.data import PairDataset
 from metric_sim.distances import Metric
 from metric_sim.distributed import broadcast_object, is_main_process, quiet_replicas
 from metric_sim.encoders.base import TrainableEncoder
-from metric_sim.encoders.starting import encoder_from_start
+from metric_sim.encoders.starting import MULTIMODAL_STARTING_POINT, encoder_from_start
 from metric_sim.errors import CalibrationError, TrainingError
 from metric_sim.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, TRAIN_CONFIG_FILE
 from metric_sim.losses.loss import MetricLoss, build_loss
@@ -53,6 +53,14 @@ from metric_sim.training.dev import DevEvaluator, calibrated_metrics
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
 from metric_sim.training.refresh import HardNegativeRefresh
+from metric_sim.training.regularizers import (
+    L2SP,
+    REFERENCE_KEY,
+    build_l2sp,
+    check_l2sp_reference,
+    freeze_lower_layers,
+    starting_parameter_ids,
+)
 from metric_sim.training.resume import checkpoint_step, start_or_resume
 from metric_sim.training.samplers import (
     ClusterPairSampler,
@@ -122,7 +130,11 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     metric = Metric.parse(config.metric)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_data, dev_data = _training_data(config, train_data, dev_data)
+    # The multimodal starting point initialises its fusion head here: no pretrained value for L2-SP to keep.
+    fresh_head = encoder is None and config.model == MULTIMODAL_STARTING_POINT
     encoder = starting_encoder(config, encoder)
+    starting = starting_parameter_ids(encoder, fresh_head=fresh_head)  # before a head is added below
+    frozen = freeze_lower_layers(encoder, config.freeze_layers)  # before the optimiser: no state for them
     # Opens the process group under torchrun (the Trainer's own DDP setup: gloo on CPU, NCCL on GPU).
     args = training_arguments(config, run_dir / CHECKPOINT_DIR, show_progress)
     world = args.world_size
@@ -142,6 +154,7 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
                 len(pairs), len(pairs.items), int(pairs.labels.sum()), len(dev_data))
 
     model, collator = _model_to_train(config, encoder, pairs, evaluator, run_dir, args, show_progress)
+    l2sp = _l2sp(config, model, starting, run_dir, resume)
     zero_shot = _zero_shot(config, model, evaluator, args)
     embedding_dim = config.projection_dim or encoder.embedding_dim
     metric_loss = build_loss(config.loss, metric, embedding_dim=embedding_dim, params=config.loss_params)
@@ -152,16 +165,21 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     preflight(metric_loss, pairs, plan.make_sampler(), config.batch_size * world,
               plan.planned_steps * config.gradient_accumulation_steps)
 
+    reference = {REFERENCE_KEY: l2sp.record()} if l2sp is not None and is_main_process() else {}
     if is_main_process():
-        write_json_atomic(run_dir / TRAIN_CONFIG_FILE, {**config.to_dict(), "run": {"status": "running"}})
+        write_json_atomic(run_dir / TRAIN_CONFIG_FILE, {**config.to_dict(), "run": {"status": "running", **reference}})
     guard = ZeroLossGuard(config.loss)
     refresh = _refresh_callbacks(config, encoder, split_train, pairs, run_dir, hard_negatives)
     trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard,
-                            [*refresh, *callbacks], show_progress)
+                            [*refresh, *callbacks], show_progress, l2sp)
     logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
                 plan.planned_steps, plan.steps_per_epoch, config.batch_size, f" x {world} ranks" if world > 1 else "",
                 plan.sampler, config.learning_rate)
-    output_metrics = _fit(trainer, resume_from)
+    try:
+        output_metrics = _fit(trainer, resume_from)
+    finally:
+        if frozen is not None:  # the returned encoder trains every layer again if trained further
+            frozen.release()
     if config.freeze_encoder:
         _attach_head(encoder, model)
     similarity = SimilarityModel(encoder, metric)
@@ -169,10 +187,20 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
         "world_size": world, "train_pairs": len(pairs), "dev_pairs": len(dev_data), "sampler": plan.sampler,
         "loss_params_resolved": metric_loss.params, "batches_without_tuple": guard.total_empty,
         "batches_all_easy": guard.total_easy, "resumed": resume, "hard_negatives": hard_negatives,
-        "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()},
+        "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()}, **reference,
     } if is_main_process() else {}
     return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
                    output_metrics, record, started)
+
+
+def _l2sp(config: TrainConfig, model: nn.Module, starting: set[int], run_dir: Path, resume: bool) -> L2SP | None:
+    """The L2-SP penalty, its reference snapshotted now: before a resumed run's Trainer loads the checkpoint."""
+    l2sp = build_l2sp(config.l2sp_weight, model, starting)
+    if l2sp is not None:
+        logger.info("L2-SP: weight %g over %d starting tensors", l2sp.weight, len(l2sp.names))
+        if resume:
+            check_l2sp_reference(l2sp, run_dir)
+    return l2sp
 
 
 def _refresh_callbacks(config: TrainConfig, encoder: TrainableEncoder, split_train: PairDataset,
@@ -291,7 +319,7 @@ def _batch_plan(config: TrainConfig, metric_loss: MetricLoss, encoder: Trainable
 
 def _make_trainer(model: nn.Module, args: TrainingArguments, pairs: PreparedPairs, collator: PairCollator,
                   metric_loss: MetricLoss, evaluator: DevEvaluator, plan: _BatchPlan, guard: ZeroLossGuard,
-                  callbacks: Sequence[TrainerCallback], show_progress: bool) -> MetricTrainer:
+                  callbacks: Sequence[TrainerCallback], show_progress: bool, l2sp: L2SP | None) -> MetricTrainer:
     trainer = MetricTrainer(
         model=model,
         args=args,
@@ -302,6 +330,7 @@ def _make_trainer(model: nn.Module, args: TrainingArguments, pairs: PreparedPair
         dev_evaluator=evaluator,
         sampler_factory=plan.make_sampler,
         guard=guard,
+        l2sp=l2sp,
         callbacks=[guard, *callbacks],
     )
     trainer.remove_callback(ProgressCallback)

@@ -3,8 +3,9 @@
 What the Trainer already does is left to it (optimiser, schedule, accumulation, mixed
 precision, checkpoints, ``report_to``, seeds, torchrun). Three hooks are replaced:
 ``compute_loss`` (embed the batch's unique items once, then the registry loss on raw
-Lp distance), ``evaluate`` (dev average precision, the figure that picks the best
-checkpoint) and ``_get_train_sampler`` (length-grouped or cluster-aware batches).
+Lp distance, plus the L2-SP penalty when the run has one), ``evaluate`` (dev average
+precision, the figure that picks the best checkpoint) and ``_get_train_sampler``
+(length-grouped or cluster-aware batches).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from metric_sim.losses.loss import MetricLoss
 from metric_sim.training.config import TrainConfig
 from metric_sim.training.dev import DevEvaluator
 from metric_sim.training.guards import ZeroLossGuard
+from metric_sim.training.regularizers import L2SP
 
 __all__ = ["MetricTrainer", "ProgressAndLog", "training_arguments"]
 
@@ -81,8 +83,10 @@ class MetricTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, metric_loss: MetricLoss, dev_evaluator: DevEvaluator,
-                 sampler_factory: Any, guard: ZeroLossGuard, **kwargs: Any) -> None:
+                 sampler_factory: Any, guard: ZeroLossGuard, l2sp: L2SP | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.l2sp = l2sp
+        self.l2sp_since_log: list[float] = []  # the penalty of each micro-batch since the last log line
         self.metric_loss = metric_loss
         self.cross_rank_loss = CrossRankLoss(metric_loss)  # = metric_loss in one process
         self.dev_evaluator = dev_evaluator
@@ -101,13 +105,27 @@ class MetricTrainer(Trainer):
         # Under torchrun the loss sees every rank's pairs (the same value on every rank).
         result = self.cross_rank_loss(embeddings, inputs["idx_a"], inputs["idx_b"], inputs["pair_labels"],
                                       inputs["text_labels"], inputs.get("text_ids"))
+        loss = result.loss
         if model.training:
             self.guard.record(result)
+            if self.l2sp is not None:
+                # On each rank's own replica (identical weights on every rank): DDP averages W equal gradients,
+                # so the step is the one-process one (unlike the metric loss, the penalty is not rescaled by W).
+                penalty = self.l2sp()
+                loss = loss + penalty
+                self.l2sp_since_log.append(float(penalty.detach()))
             # accelerate gives every rank a batch of the same size (even_batches): count all ranks' pairs
             self.pairs_seen += int(inputs["pair_labels"].shape[0]) * world_size()
-            value = float(result.loss.detach())
+            value = float(loss.detach())
             self.recent_loss = value if math.isnan(self.recent_loss) else 0.9 * self.recent_loss + 0.1 * value
-        return (result.loss, {"embeddings": embeddings}) if return_outputs else result.loss
+        return (loss, {"embeddings": embeddings}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's log, with ``l2sp``: the mean penalty since the last line (the ``loss`` includes it)."""
+        if "loss" in logs and self.l2sp_since_log:
+            logs = {**logs, "l2sp": sum(self.l2sp_since_log) / len(self.l2sp_since_log)}
+            self.l2sp_since_log = []
+        super().log(logs, *args, **kwargs)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         started = time.perf_counter()
@@ -161,7 +179,8 @@ class ProgressAndLog(ProgressCallback):
         if not state.is_world_process_zero:
             return
         if "loss" in logs:
-            message = (f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+            penalty = f" (l2sp {logs['l2sp']:.4g})" if "l2sp" in logs else ""
+            message = (f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}{penalty} "
                        f"lr {logs.get('learning_rate', float('nan')):.2e} {self.pairs_per_second():.1f} pairs/s")
         elif "eval_average_precision" in logs:
             message = (f"step {state.global_step}/{state.max_steps} dev AP {logs['eval_average_precision']:.4f} "
