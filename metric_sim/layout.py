@@ -41,6 +41,7 @@ HARD_NEGATIVES_REFRESHED_FILE = "hard_negatives_refreshed.tsv"  # the latest ref
 INDEX_FILE = "index.faiss"
 STORE_FILE = "store.sqlite"
 METADATA_FILE = "metadata.json"
+VECTORS_FILE = "vectors.f32"  # compressed kinds: full vectors, raw little-endian float32, row = key
 
 # sharded-encoding work folder
 PLAN_FILE = "plan.json"

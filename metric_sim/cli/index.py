@@ -32,17 +32,26 @@ def _add_index_kind_args(parser: argparse.ArgumentParser, default_kind: str) -> 
     parser.add_argument(
         "--kind",
         default=default_kind,
-        help="flat (exact), hnsw, ivf, or a FAISS factory string such as HNSW32 or IVF256,Flat (default: %(default)s)",
+        help="flat (exact), hnsw, ivf, ivfpq / opq-ivfpq (compressed codes in RAM, full vectors on disk, "
+             "exact re-rank), or a FAISS factory string such as HNSW32 or IVF256,Flat (default: %(default)s)",
     )
     parser.add_argument("--hnsw-m", dest="M", type=int, default=None, help="hnsw: links per node (default 32)")
     parser.add_argument("--ef-construction", dest="efConstruction", type=int, default=None, help="hnsw: build-time beam (default 200)")
     parser.add_argument("--ef-search", dest="efSearch", type=int, default=None, help="hnsw: search-time beam (default 64)")
-    parser.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default about 4*sqrt(n))")
-    parser.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched per query (default max(16, nlist/10))")
+    parser.add_argument("--nlist", type=int, default=None, help="ivf, ivfpq: number of lists (default about 4*sqrt(n))")
+    parser.add_argument("--nprobe", type=int, default=None, help="ivf, ivfpq: lists searched per query (default max(16, nlist/10))")
+    parser.add_argument("--pq-m", dest="m", type=int, default=None,
+                        help="ivfpq: sub-quantizers, must divide the dimension (default: largest divisor <= dim/8)")
+    parser.add_argument("--nbits", type=int, default=None, help="ivfpq: bits per sub-quantizer code (default 8)")
+    parser.add_argument("--rerank", type=int, default=None,
+                        help="ivfpq: candidates re-ranked exactly per query (default 10*k, at least k)")
+
+
+_PARAM_NAMES = ("M", "efConstruction", "efSearch", "nlist", "nprobe", "m", "nbits", "rerank")
 
 
 def _index_params(args: argparse.Namespace) -> dict[str, int]:
-    return {name: getattr(args, name) for name in ("M", "efConstruction", "efSearch", "nlist", "nprobe") if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in _PARAM_NAMES if getattr(args, name) is not None}
 
 
 def _load_items(args: argparse.Namespace) -> Any:
@@ -86,6 +95,35 @@ def add_index_parser(sub: Subparsers) -> None:
     build.add_argument("--keep-shards", action="store_true", help="keep the work folder after the index is saved")
     build.add_argument("--json", action="store_true", help="print machine-readable JSON")
     build.set_defaults(handler=cmd_index_build)
+    info = index_sub.add_parser("info", help="kind, parameters and size of a saved index (compressed: bytes per item, recall)")
+    info.add_argument("index_dir", help="folder written by `metric-sim index build`")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(handler=cmd_index_info)
+
+
+def _compressed_line(info: dict[str, Any]) -> str | None:
+    """One line on a compressed index's memory and recall, None for the other kinds."""
+    stats = info.get("compressed")
+    if stats is None:
+        return None
+    recall = stats["recall"]
+    measured = "not measured" if recall is None else (
+        f"recall@10 {recall['recall_at_10']:.3f} against exact search ({recall['queries']} queries, {recall['items']:,} items)")
+    return f"RAM {stats['ram_bytes_per_item']} bytes per item (codes + int64 ids), full vectors in {info['vector_file']}; {measured}"
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from metric_sim.index import NeighborIndex
+
+    info = NeighborIndex.load(args.index_dir, load_model=False).info()
+    if args.json:
+        print_json({"index": str(args.index_dir), **info})
+    else:
+        print(f"{args.index_dir}: {info['items']:,} items, kind {info['kind']}, {info['metric']}, dim {info['dim']}, params {info['params']}")
+        line = _compressed_line(info)
+        if line:
+            print(line)
+    return EXIT_OK
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -126,11 +164,17 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         "shards_resumed": len(encoding.reused),
         "work_dir": str(built.work_dir) if args.keep_shards else None,
     }
+    info = index.info()
+    if "compressed" in info:
+        summary["compressed"] = info["compressed"]
     if args.json:
         print_json(summary)
     else:
         print(f"indexed {summary['items']:,} items from {corpus.source} ({index.kind}, {index.metric.value}, dim {index.dim}) in {summary['seconds']} s")
         print(f"wrote {out}")
+        line = _compressed_line(info)
+        if line:
+            print(line)
         if index.calibrator is None:
             print("note: the model has no calibrator, so queries report distances but no probabilities")
     return EXIT_OK
@@ -150,7 +194,8 @@ def add_query_parser(sub: Subparsers) -> None:
     limit.add_argument("--max-distance", type=float, default=None, help="only neighbours at distance <= D")
     query.add_argument("--model", default=None, help="model folder or RUN_DIR (default: the model recorded when the index was built)")
     query.add_argument("--ef-search", dest="efSearch", type=int, default=None, help="hnsw: search-time beam")
-    query.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched per query")
+    query.add_argument("--nprobe", type=int, default=None, help="ivf, ivfpq: lists searched per query")
+    query.add_argument("--rerank", type=int, default=None, help="ivfpq: candidates re-ranked exactly per query")
     query.add_argument("--json", action="store_true", help="print machine-readable JSON")
     query.set_defaults(handler=cmd_query)
 
@@ -164,7 +209,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise UsageError(
             f"the model this index was built with ({index.model_path or 'not recorded'}) cannot be found; pass --model DIR"
         )
-    search_params = {name: getattr(args, name) for name in ("efSearch", "nprobe") if getattr(args, name) is not None}
+    search_params = {name: getattr(args, name) for name in ("efSearch", "nprobe", "rerank") if getattr(args, name) is not None}
     if search_params:
         index.set_search_params(**search_params)
     queries = _query_items(index.model.encoder.kind, list(args.texts) + list(args.text), args.image)

@@ -4,6 +4,7 @@ The parts, one concept each:
 
 * :mod:`.kinds` - index kinds, FAISS factory strings, refused L1/lossy combinations, parameters;
 * :mod:`.vectors` - the FAISS index holding the exact vectors under int64 keys;
+* :mod:`.compressed` - ``ivfpq`` / ``opq-ivfpq``: PQ codes in FAISS, full vectors in a memory-mapped file;
 * :mod:`.store` - key -> (id, stored description) and its SQLite file;
 * :mod:`.search` - k-NN, range search and dedupe with exact float64 re-ranking;
 * :mod:`.results` - ``SearchResult``, ``DuplicatePair``, ``DedupeResult``, printing, TSV files;
@@ -21,7 +22,13 @@ from __future__ import annotations
 
 from metric_sim.errors import IndexConfigError, IndexLoadError, ShardError
 from metric_sim.index.demo import demo_neighbors
-from metric_sim.index.kinds import DEFAULT_PARAMS, INDEX_KINDS, SEARCH_TIME_PARAMS, parse_index_kind
+from metric_sim.index.kinds import (
+    COMPRESSED_KINDS,
+    DEFAULT_PARAMS,
+    INDEX_KINDS,
+    SEARCH_TIME_PARAMS,
+    parse_index_kind,
+)
 from metric_sim.index.neighbor_index import NeighborIndex
 from metric_sim.index.persistence import FORMAT_VERSION, check_save_target
 from metric_sim.index.results import DedupeResult, DuplicatePair, SearchResult, format_results
@@ -38,9 +45,10 @@ from metric_sim.index.sharded import (
     merge_shards,
     plan_shards,
 )
-from metric_sim.layout import INDEX_FILE, METADATA_FILE, STORE_FILE
+from metric_sim.layout import INDEX_FILE, METADATA_FILE, STORE_FILE, VECTORS_FILE
 
 __all__ = [
+    "COMPRESSED_KINDS",
     "DEFAULT_PARAMS",
     "FORMAT_VERSION",
     "INDEX_FILE",
@@ -49,6 +57,7 @@ __all__ = [
     "SEARCH_TIME_PARAMS",
     "SHARD_SIZE",
     "STORE_FILE",
+    "VECTORS_FILE",
     "DedupeResult",
     "DuplicatePair",
     "IndexConfigError",

@@ -1,8 +1,12 @@
 """Which FAISS indexes ``NeighborIndex`` builds: the kinds, their parameters and what is refused.
 
-Three kinds, all storing exact vectors: ``flat`` (exact search), ``hnsw`` and ``ivf``
+Three kinds store exact vectors in FAISS: ``flat`` (exact search), ``hnsw`` and ``ivf``
 (approximate candidate search). A FAISS factory string naming one of them is accepted
-too. Lossy codes (PQ, SQ, fast-scan, LSH, ...) are refused before FAISS sees the string:
+too. Two kinds keep only compressed codes in memory: ``ivfpq`` and ``opq-ivfpq``
+(:mod:`.compressed`). Their codes only propose candidates, always under L2; the returned
+distances are recomputed from the full vectors kept on disk, in the index's own metric.
+Lossy codes in a factory string (PQ, SQ, fast-scan, LSH, ...) are refused before FAISS
+sees the string, since nothing would re-rank them:
 with ``METRIC_L1`` FAISS mishandles them (PQ silently returns wrong neighbours,
 SQ/fast-scan/LSH fail, ``HNSW,SQ8`` aborts the process), and with L2 they give
 approximate distances that the calibrator would turn into wrong probabilities.
@@ -20,6 +24,7 @@ from metric_sim.errors import IndexConfigError
 from metric_sim.validation import require_positive_int
 
 __all__ = [
+    "COMPRESSED_KINDS",
     "DEFAULT_PARAMS",
     "INDEX_KINDS",
     "SEARCH_TIME_PARAMS",
@@ -28,7 +33,8 @@ __all__ = [
     "resolve_params",
 ]
 
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq", "opq-ivfpq")
+COMPRESSED_KINDS = ("ivfpq", "opq-ivfpq")  # codes in memory, full vectors on disk
 # Defaults chosen for recall@10 >= 0.95 against flat on 42k QQP questions embedded by
 # all-MiniLM-L6-v2, both metrics (benchmarks/index_speed.py: hnsw 0.997, ivf ~0.96).
 # None = chosen from the data: nlist about 4 * sqrt(n) with >= 39 training points per list
@@ -37,8 +43,11 @@ DEFAULT_PARAMS: dict[str, dict[str, int | None]] = {
     "flat": {},
     "hnsw": {"M": 32, "efConstruction": 200, "efSearch": 64},
     "ivf": {"nlist": None, "nprobe": None},
+    # m None = the largest divisor of dim up to dim / 8; rerank None = 10 * k candidates per query.
+    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": None, "rerank": None},
+    "opq-ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": None, "rerank": None},
 }
-SEARCH_TIME_PARAMS = ("efSearch", "nprobe")
+SEARCH_TIME_PARAMS = ("efSearch", "nprobe", "rerank")
 
 _SUPPORTED_FACTORY = (
     "Flat, HNSW<M>, HNSW<M>,Flat, IVF<nlist>,Flat (optionally prefixed by IDMap, / IDMap2,)"
@@ -72,7 +81,7 @@ _FACTORY_PATTERNS: tuple[tuple[re.Pattern[str], str, str | None], ...] = (
 
 
 def parse_index_kind(kind: str, metric: Metric | str) -> tuple[str, dict[str, int]]:
-    """``kind`` (``flat``/``hnsw``/``ivf`` or a FAISS factory string) -> (kind, params it fixes).
+    """``kind`` (one of :data:`INDEX_KINDS` or a FAISS factory string) -> (kind, params it fixes).
 
     Refuses, before FAISS sees it, any combination FAISS mishandles with ``METRIC_L1``
     and any lossy encoding (see the module docstring), naming the combination.
@@ -92,13 +101,15 @@ def parse_index_kind(kind: str, metric: Metric | str) -> tuple[str, dict[str, in
                 raise IndexConfigError(
                     f"index {spec!r} with metric 'manhattan' (faiss.METRIC_L1) is refused: FAISS {failure}. "
                     f"METRIC_L1 works on IndexFlat, IndexHNSWFlat and IndexIVFFlat only: use kind 'flat', "
-                    f"'hnsw' or 'ivf' (factory strings {_SUPPORTED_FACTORY})"
+                    f"'hnsw' or 'ivf' (factory strings {_SUPPORTED_FACTORY}), or 'ivfpq' / 'opq-ivfpq' "
+                    "(L2 codes propose candidates, re-ranked exactly in L1 from the full vectors)"
                 )
     if _LOSSY.search(compact):
         raise IndexConfigError(
             f"index {spec!r} with metric {metric.value!r} is refused: it stores lossy codes, so FAISS would "
             "return approximate distances and the calibrator would turn them into wrong probabilities. "
-            f"NeighborIndex stores exact vectors: use kind 'flat', 'hnsw' or 'ivf' (factory strings {_SUPPORTED_FACTORY})"
+            f"NeighborIndex stores exact vectors: use kind 'flat', 'hnsw' or 'ivf' (factory strings {_SUPPORTED_FACTORY}), "
+            "or 'ivfpq' / 'opq-ivfpq' for compressed codes re-ranked exactly from the full vectors"
         )
     for pattern, name, param in _FACTORY_PATTERNS:
         match = pattern.fullmatch(compact)
@@ -134,7 +145,8 @@ def resolve_params(kind: str, fixed: dict[str, int], given: dict[str, Any]) -> d
 
 
 def check_search_params(kind: str, params: dict[str, Any]) -> dict[str, int]:
-    """``params`` checked as search-time parameters of ``kind`` (``efSearch`` for hnsw, ``nprobe`` for ivf)."""
+    """``params`` checked as search-time parameters of ``kind`` (``efSearch`` for hnsw, ``nprobe`` for
+    ivf, ``nprobe`` and ``rerank`` for the compressed kinds)."""
     allowed = [p for p in SEARCH_TIME_PARAMS if p in DEFAULT_PARAMS[kind]]
     checked = {}
     for name, value in params.items():

@@ -29,12 +29,11 @@ import numpy as np
 from metric_sim.calibration import Calibrator
 from metric_sim.distances import Metric
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
-from metric_sim.index import model_link, persistence, search
+from metric_sim.index import compressed, model_link, persistence, search
 from metric_sim.index.kinds import check_search_params, parse_index_kind, resolve_params
 from metric_sim.index.results import DedupeResult, SearchResult
 from metric_sim.index.store import ItemStore, describe_items
-from metric_sim.index.vectors import FaissVectors
-from metric_sim.layout import STORE_FILE
+from metric_sim.layout import STORE_FILE, VECTORS_FILE
 from metric_sim.model import SimilarityModel
 from metric_sim.validation import require_matrix, require_positive_int
 
@@ -56,7 +55,7 @@ class NeighborIndex:
         self.dim = require_positive_int("dim", dim)
         self.metric = Metric.parse(metric)
         self.kind, fixed = parse_index_kind(kind, self.metric)
-        self._vectors = FaissVectors(self.kind, self.dim, self.metric, resolve_params(self.kind, fixed, params))
+        self._vectors = compressed.new_vectors(self.kind, self.dim, self.metric, resolve_params(self.kind, fixed, params))
         self._store = ItemStore()
         self.model: SimilarityModel | None = None
         self.encoder_fingerprint: str | None = None
@@ -109,7 +108,8 @@ class NeighborIndex:
         return self._vectors.params
 
     def set_search_params(self, **params: int) -> None:
-        """Change search-time parameters (``efSearch`` for hnsw, ``nprobe`` for ivf)."""
+        """Change search-time parameters (``efSearch`` for hnsw, ``nprobe`` for ivf, ``nprobe`` and
+        ``rerank`` for ivfpq / opq-ivfpq)."""
         self._vectors.params.update(check_search_params(self.kind, params))
 
     def __len__(self) -> int:
@@ -134,7 +134,8 @@ class NeighborIndex:
         return self._store.text_of(item_id)
 
     def embeddings(self) -> np.ndarray:
-        """The stored vectors (float32, in :attr:`ids` order), reconstructed from FAISS."""
+        """The stored vectors (float32, in :attr:`ids` order), reconstructed from FAISS (read
+        from the vector file for ivfpq / opq-ivfpq)."""
         return self._vectors.reconstruct(self._store.keys())
 
     def check_new_ids(self, texts: Sequence[Any], ids: Sequence[str | int] | None) -> list[str]:
@@ -166,7 +167,30 @@ class NeighborIndex:
         keys = self._store.next_keys(len(items))
         self._vectors.add(vectors, keys)
         self._store.insert(keys, new_ids, descriptions)
+        if self._vectors.compressed and self._vectors.recall is None:  # just trained: measure what it costs
+            self.measure_recall()
         return new_ids
+
+    def measure_recall(self, queries: int = compressed.RECALL_QUERIES, seed: int = compressed.RECALL_SEED) -> float:
+        """Recall@10 of :meth:`search_embeddings` against exact search, ``queries`` stored vectors
+        (drawn with ``seed``) as queries, each leaving itself out. Compressed kinds record it
+        (measured once when trained; call again after many adds or removals)."""
+        measured = compressed.measure_recall(self._vectors, self._store, queries=queries, seed=seed)
+        if self._vectors.compressed:
+            self._vectors.recall = measured
+        return float(measured["recall_at_10"])
+
+    def info(self) -> dict[str, Any]:
+        """Kind, metric, dimension, item count and parameters; for the compressed kinds also the
+        RAM bytes per item (codes + int64 ids), the vector file and the recorded recall@10."""
+        found: dict[str, Any] = {"kind": self.kind, "metric": self.metric.value, "dim": self.dim,
+                                 "items": len(self), "params": dict(self.params)}
+        if self._vectors.compressed:
+            found["compressed"] = stats = self._vectors.stats()
+            path = self._vectors.vector_file  # the file mapped (a saved folder's may since have moved)
+            found["vector_file"] = None if path is None else str(path)
+            found["vector_file_bytes"] = stats["vector_rows"] * self.dim * 4  # float32 rows, removed ones too
+        return found
 
     def remove(self, ids: Sequence[str | int]) -> int:
         """Remove items by id; returns how many. Unknown ids raise ``KeyError`` (nothing removed).
@@ -251,18 +275,22 @@ class NeighborIndex:
                                       show_progress=show_progress)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``index.faiss``, ``store.sqlite`` and ``metadata.json`` atomically into ``directory``.
+        """Write ``index.faiss``, ``store.sqlite`` and ``metadata.json`` (and, for ivfpq / opq-ivfpq,
+        ``vectors.f32``) atomically into ``directory``.
 
         An existing folder is replaced only if it holds a saved index (or nothing).
         """
         if self._vectors.index is None:
-            raise InvalidArgumentError("this ivf index is empty and untrained: add texts before saving")
+            raise InvalidArgumentError(f"this {self.kind} index is empty and untrained: add texts before saving")
         provenance = {
             "encoder_fingerprint": self.encoder_fingerprint,
             "model_path": self.model_path,
             "calibrator": None if self.calibrator is None else self.calibrator.to_dict(),
         }
-        return persistence.write_index_folder(directory, self._vectors, self._store, provenance)
+        target = persistence.write_index_folder(directory, self._vectors, self._store, provenance)
+        if self._vectors.compressed:  # map the saved file from now on; our temporary copy goes
+            self._vectors.attach(target / VECTORS_FILE, self._store.next_key)
+        return target
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], model: SimilarityModel | None = None, *,
@@ -285,6 +313,9 @@ class NeighborIndex:
         index._store = ItemStore.read_sqlite(folder / STORE_FILE, count=int(meta["count"]),
                                              next_key=int(meta["next_key"]))
         persistence.check_store_matches(index._store, index._vectors.index, folder / STORE_FILE)
+        if index._vectors.compressed:
+            index._vectors.attach(folder / VECTORS_FILE, index._store.next_key)
+            index._vectors.restore(meta["compressed"])
         persistence.verify_metadata_seal(meta, folder)  # last: the checks above say *what* disagrees
         index._attach_model(model, load_model)
         return index

@@ -1,9 +1,11 @@
 """An index folder on disk: writing it atomically and refusing any folder that is damaged.
 
-``index.faiss`` (the vectors), ``store.sqlite`` (keys, ids, descriptions; never pickle)
-and ``metadata.json`` (dim, metric, kind, params, encoder fingerprint, calibrator, count,
-versions, size + sha256 of both data files) are written into a temporary folder that is
-renamed into place. Loading checks all of it and refuses on any mismatch, naming it.
+``index.faiss`` (the vectors; for the compressed kinds, their codes), ``store.sqlite``
+(keys, ids, descriptions; never pickle), for the compressed kinds ``vectors.f32`` (the full
+vectors, row = key) and ``metadata.json`` (dim, metric, kind, params, encoder fingerprint,
+calibrator, count, versions, size + sha256 of every data file; for the compressed kinds
+also a ``compressed`` section: bytes per item, code error, recall@10) are written into a
+temporary folder that is renamed into place. Loading checks all of it and refuses on any mismatch, naming it.
 
 ``metadata.json`` is validated field by field (:func:`validate_metadata`) and sealed
 with ``metadata_sha256`` (:mod:`metric_sim.schema`). The seal is verified last
@@ -23,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from metric_sim.distances import Metric, faiss_metric
+from metric_sim.distances import Metric
 from metric_sim.errors import IndexConfigError, IndexLoadError, MissingFileError, TargetExistsError
-from metric_sim.index.kinds import INDEX_KINDS, resolve_params
+from metric_sim.index.kinds import COMPRESSED_KINDS, INDEX_KINDS, resolve_params
 from metric_sim.index.store import ItemStore
 from metric_sim.index.vectors import FaissVectors, faiss_class_of_kind, stored_keys
-from metric_sim.layout import INDEX_FILE, METADATA_FILE, STORE_FILE
+from metric_sim.layout import INDEX_FILE, METADATA_FILE, STORE_FILE, VECTORS_FILE
 from metric_sim.model import saved_calibrator
 from metric_sim.schema import (
     CHECKSUM_KEY,
@@ -55,7 +57,13 @@ __all__ = [
 FORMAT_VERSION = 1  # of metadata.json
 _DATA_FILES = (INDEX_FILE, STORE_FILE)
 _FIELDS = ("format_version", "kind", "params", "metric", "dim", "count", "next_key", "max_sq_norm",
-           "encoder_fingerprint", "model_path", "calibrator", "files", "versions", "created", CHECKSUM_KEY)
+           "encoder_fingerprint", "model_path", "calibrator", "files", "versions", "created", "compressed",
+           CHECKSUM_KEY)
+
+
+def _data_files(kind: str) -> tuple[str, ...]:
+    """The files a saved index of ``kind`` holds besides ``metadata.json``."""
+    return _DATA_FILES + ((VECTORS_FILE,) if kind in COMPRESSED_KINDS else ())
 _SEAL_REMEDY = (
     "If you edited it on purpose, delete its metadata_sha256 entry to accept the edit "
     "(every other field is still checked); otherwise rebuild the index"
@@ -104,6 +112,10 @@ def write_index_folder(
     with atomic_dir(target) as staging:
         faiss.write_index(vectors.index, str(staging / INDEX_FILE))
         store.write_sqlite(staging / STORE_FILE)
+        extra = {}
+        if vectors.compressed:  # the full vectors, row = key, for exact re-ranking
+            vectors.write_file(staging / VECTORS_FILE, store.next_key)
+            extra["compressed"] = vectors.stats()
         metadata = {
             "format_version": FORMAT_VERSION,
             "kind": vectors.kind,
@@ -114,9 +126,10 @@ def write_index_folder(
             "next_key": store.next_key,
             "max_sq_norm": vectors.max_sq_norm,
             **provenance,
+            **extra,
             "files": {
                 name: {"size": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
-                for name in _DATA_FILES
+                for name in _data_files(vectors.kind)
             },
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -141,7 +154,7 @@ def read_metadata(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, An
     except IndexLoadError as exc:
         raise IndexLoadError(f"{exc}; the index folder is damaged") from None
     validate_metadata(meta, meta_file)
-    for name in _DATA_FILES:
+    for name in _data_files(meta["kind"]):
         path = folder / name
         expected = meta["files"][name]
         if not path.is_file():
@@ -186,9 +199,10 @@ def validate_metadata(meta: Any, meta_file: Path) -> dict[str, Any]:
     fields.get("encoder_fingerprint", str, required=False, nullable=True)
     fields.get("model_path", str, required=False, nullable=True)
     saved_calibrator(fields, "calibrator", metric, owner="the index")
+    _validate_compressed(fields, kind)
     files = fields.section("files")
     assert files is not None
-    for name in _DATA_FILES:
+    for name in _data_files(kind):
         entry = files.section(name)
         assert entry is not None
         entry.get("size", int, minimum=0)
@@ -198,6 +212,30 @@ def validate_metadata(meta: Any, meta_file: Path) -> dict[str, Any]:
         versions.get(name, str)
     fields.get("created", str, required=False)
     return meta
+
+
+def _validate_compressed(fields: SavedFields, kind: str) -> None:
+    """The ``compressed`` section: required for the compressed kinds, refused for the others."""
+    section = fields.section("compressed", required=kind in COMPRESSED_KINDS)
+    if section is None:
+        return
+    if kind not in COMPRESSED_KINDS:
+        fields.fail("compressed", f"belongs to the compressed kinds {list(COMPRESSED_KINDS)}, not to kind {kind!r}")
+    section.refuse_unknown(("ram_bytes_per_item", "code_size", "id_bytes", "train_vectors", "max_code_error",
+                            "max_sq_norm", "vector_rows", "recall"))
+    for name in ("ram_bytes_per_item", "code_size", "id_bytes", "train_vectors"):
+        section.get(name, int, minimum=1)
+    section.get("vector_rows", int, minimum=0)
+    section.get("max_code_error", float, minimum=0)
+    section.get("max_sq_norm", float, minimum=0)
+    recall = section.section("recall", nullable=True)
+    if recall is not None:
+        recall.refuse_unknown(("recall_at_10", "queries", "items", "seed"))
+        if not 0.0 <= recall.get("recall_at_10", float) <= 1.0:
+            recall.fail("recall_at_10", "must be between 0 and 1")
+        recall.get("queries", int, minimum=0)
+        recall.get("items", int, minimum=0)
+        recall.get("seed", int, minimum=0)
 
 
 def verify_metadata_seal(meta: dict[str, Any], folder: Path) -> None:
@@ -219,13 +257,16 @@ def read_faiss_index(folder: Path, meta: dict[str, Any], vectors: FaissVectors) 
         raise IndexLoadError(
             f"{where} holds dimension {loaded.d}, but {METADATA_FILE} says {vectors.dim}: the dimension changed"
         )
-    expected_metric = faiss_metric(vectors.metric)
+    expected_metric = vectors.faiss_metric_type
     if loaded.metric_type != expected_metric:
         raise IndexLoadError(
             f"{where} uses FAISS metric {loaded.metric_type}, but {METADATA_FILE} says {vectors.metric.value!r} (FAISS metric {expected_metric})"
         )
     if loaded.ntotal != meta["count"]:
         raise IndexLoadError(f"{where} holds {loaded.ntotal} vectors, but {METADATA_FILE} says {meta['count']}")
+    if vectors.compressed:
+        vectors.check_loaded(loaded, where)
+        return loaded
     inner = faiss.downcast_index(loaded.index) if isinstance(loaded, faiss.IndexIDMap2) else loaded
     if not isinstance(inner, faiss_class_of_kind(vectors.kind)):
         raise IndexLoadError(

@@ -1,7 +1,7 @@
 """k-NN, range search and dedupe over the stored vectors, with exact re-ranking.
 
 FAISS proposes candidates; their distances are then recomputed from the stored vectors
-in float64 (:func:`metric_sim.distances.paired_distances_numpy`). FAISS' BLAS path
+(for the compressed kinds: read from their file on disk, ``rerank`` candidates per query) in float64 (:func:`metric_sim.distances.paired_distances_numpy`). FAISS' BLAS path
 computes ``|q|^2 + |x|^2 - 2 q.x`` in float32, which is off by ~1e-3 in true units for
 near-duplicates after the square root; re-ranking makes every reported distance agree
 with brute force to float32 rounding. Ties are broken by insertion order, so results
@@ -128,8 +128,16 @@ def knn(
     if n == 0 or (limit is not None and limit < 0):
         empty = np.zeros(0, np.int64)
         return [to_result(store, calibrator, label(i), empty, np.zeros(0)) for i in range(len(queries))]
+    if vectors.compressed:
+        if not rerank:
+            raise InvalidArgumentError(
+                f"rerank=False is refused for kind {vectors.kind!r}: its FAISS distances come from compressed "
+                "L2 codes, not from the vectors (and are not even L1 for a manhattan index)"
+            )
+        fetch = min(n, vectors.rerank_count(k))
+    else:
+        fetch = min(n, k + RERANK_EXTRA if rerank else k)
     vectors.apply_search_params()
-    fetch = min(n, k + RERANK_EXTRA if rerank else k)
     results: list[SearchResult] = []
     for start in range(0, len(queries), QUERY_CHUNK):
         chunk = queries[start : start + QUERY_CHUNK]
@@ -194,6 +202,22 @@ def range_hits(
             progress.update(len(chunk))
 
 
+def _stored_range_hits(
+    vectors: FaissVectors, keys: np.ndarray, radius: float, progress: Any
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """:func:`range_hits` with every stored vector as a query (row = position in ``keys``)."""
+    if not vectors.compressed:  # exact kinds: all vectors at once, and no second reconstruct
+        matrix = vectors.reconstruct(keys)
+        row_of = {k: i for i, k in enumerate(keys.tolist())}
+        yield from range_hits(vectors, len(keys), matrix, radius, stored=(row_of, matrix), progress=progress)
+        return
+    # Vectors on disk: read one block of queries at a time, never the whole file.
+    for start in range(0, len(keys), QUERY_CHUNK):
+        block = vectors.reconstruct(keys[start : start + QUERY_CHUNK])
+        for row, hits, dists in range_hits(vectors, len(keys), block, radius, progress=progress):
+            yield start + row, hits, dists
+
+
 def find_duplicates(
     vectors: FaissVectors,
     store: ItemStore,
@@ -206,8 +230,6 @@ def find_duplicates(
     """Every pair of stored items within ``radius``, found by range search with every stored
     vector as a query, joined into clusters by union-find."""
     keys = store.keys()
-    matrix = vectors.reconstruct(keys)
-    row_of = {k: i for i, k in enumerate(keys.tolist())}
     pairs: dict[tuple[int, int], float] = {}
     progress = None
     if show_progress:
@@ -216,9 +238,7 @@ def find_duplicates(
         progress = tqdm(total=len(keys), desc="dedupe", unit="item")
     started = time.perf_counter()
     try:
-        for row, hits, dists in range_hits(
-            vectors, len(store), matrix, radius, stored=(row_of, matrix), progress=progress
-        ):
+        for row, hits, dists in _stored_range_hits(vectors, keys, radius, progress):
             me = int(keys[row])
             for other, dist in zip(hits.tolist(), dists.tolist(), strict=True):
                 if other != me:

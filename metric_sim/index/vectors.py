@@ -43,7 +43,7 @@ def stored_keys(index: Any) -> np.ndarray:
     if isinstance(index, faiss.IndexIDMap2):
         return faiss.vector_to_array(index.id_map)
     # get_invlist releases what it borrows from the inverted lists (on-disk lists need that).
-    invlists = index.invlists
+    invlists = faiss.extract_index_ivf(index).invlists  # also inside an OPQ pre-transform
     lists = np.flatnonzero(get_invlist_sizes(invlists))
     found = [get_invlist(invlists, int(i))[0] for i in lists]
     return np.concatenate(found) if found else np.zeros(0, np.int64)
@@ -52,6 +52,8 @@ def stored_keys(index: Any) -> np.ndarray:
 class FaissVectors:
     """One FAISS index of ``kind`` over ``dim``-dimensional vectors, with ``params`` (shared, mutable)."""
 
+    compressed = False  # exact vectors in FAISS (see .compressed for the kinds that are not)
+
     def __init__(self, kind: str, dim: int, metric: Metric, params: dict[str, int | None]) -> None:
         self.kind = kind
         self.dim = dim
@@ -59,6 +61,10 @@ class FaissVectors:
         self.params = params  # the NeighborIndex's own dict: ivf fills in nlist / nprobe when trained
         self.index: Any = None if kind == "ivf" else self.new_index()
         self.max_sq_norm = 0.0  # bounds FAISS' float32 rounding in range search
+
+    @property
+    def faiss_metric_type(self) -> int:
+        return faiss_metric(self.metric)
 
     def new_index(self, n_train: int = 0) -> Any:
         """An empty FAISS index of this kind (for ivf: sized for ``n_train`` training vectors)."""
