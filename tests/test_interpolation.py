@@ -35,7 +35,7 @@ TEXTS = ["how do i learn python", "what is the capital city", "how to cook rice"
 IMAGE_SIZE = [24, 24]
 
 
-def _perturbed(encoder, seed: int, scale: float = 0.05):
+def perturbed(encoder, seed: int, scale: float = 0.05):
     """A "fine-tuned" copy: every floating tensor moved by seeded noise."""
     tuned = copy.deepcopy(encoder)
     generator = torch.Generator().manual_seed(seed)
@@ -90,13 +90,13 @@ def _images(n: int = 6) -> list[np.ndarray]:
 
 @pytest.fixture()
 def text_pair(tiny_encoder):
-    return _perturbed(tiny_encoder, seed=1), tiny_encoder
+    return perturbed(tiny_encoder, seed=1), tiny_encoder
 
 
 @pytest.fixture()
 def cnn_pair():
     base = _tiny_cnn(0)
-    tuned = _perturbed(base, seed=2)
+    tuned = perturbed(base, seed=2)
     # BatchNorm statistics the fine-tuning moved, and a counter that must come from the fine-tuned model.
     with torch.no_grad():
         for name, tensor in tuned.state_dict().items():
@@ -159,7 +159,7 @@ def test_inputs_are_untouched_and_share_nothing_with_the_result(text_pair):
 def test_a_head_only_the_fine_tuned_encoder_has_is_kept_at_every_alpha(tiny_encoder):
     base = tiny_encoder
     torch.manual_seed(5)
-    backbone = _perturbed(base, seed=3).model
+    backbone = perturbed(base, seed=3).model
     tuned = Encoder(backbone, base.tokenizer, pooling=base.pooling, max_length=base.max_length,
                     projection=torch.nn.Linear(32, 8))
     for alpha in (0.0, 0.5):

@@ -7,12 +7,10 @@ encoded on its own.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import average_precision_score
 
 from metric_sim import (
@@ -26,17 +24,7 @@ from metric_sim import (
 from metric_sim.cli import main
 from metric_sim.interpolation import DEFAULT_ALPHAS, AlphaChoice, choose_alpha, select_alpha
 from tests.conftest import DEMO_FILE
-
-
-def _perturbed(encoder, seed: int, scale: float = 0.05):
-    """A "fine-tuned" copy: every floating tensor moved by seeded noise."""
-    tuned = copy.deepcopy(encoder)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in tuned.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.add_(scale * torch.randn(tensor.shape, generator=generator))
-    return tuned
+from tests.test_interpolation import perturbed
 
 
 def _write_pairs(path, rows):
@@ -70,7 +58,7 @@ def guard_pairs(pair_files):
 
 @pytest.fixture()
 def text_pair(tiny_encoder):
-    return _perturbed(tiny_encoder, seed=1, scale=0.2), tiny_encoder
+    return perturbed(tiny_encoder, seed=1, scale=0.2), tiny_encoder
 
 
 def _row(alpha, in_domain, **guards):
@@ -222,7 +210,7 @@ def test_default_alphas_and_bad_arguments(text_pair, dev_pairs, guard_pairs):
 def run_folder(tiny_encoder, tmp_path):
     """A run whose train_config.json names a saved starting folder (the real default model is not used in tests).
     With these weights the guard rules out alpha 1 at tolerance 0.04 and an alpha in between wins."""
-    tuned, base = tiny_encoder, _perturbed(tiny_encoder, seed=6, scale=0.2)
+    tuned, base = tiny_encoder, perturbed(tiny_encoder, seed=6, scale=0.2)
     base_dir = base.save(tmp_path / "start")
     run = tmp_path / "run"
     SimilarityModel(tuned, "euclidean", Calibrator(weight=-2.0, bias=3.0, metric="euclidean")).save(run / "model")
