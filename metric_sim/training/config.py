@@ -25,6 +25,7 @@ from metric_sim.errors import (
     MissingFileError,
 )
 from metric_sim.losses.registry import list_losses, validate_loss_params
+from metric_sim.training.mix_config import check_mix_pairs
 from metric_sim.validation import (
     require_choice,
     require_positive_float,
@@ -66,7 +67,8 @@ class TrainConfig:
 
     ``freeze_layers`` (the embeddings/stem + the lowest N layers stay fixed) and ``l2sp_weight``
     (a penalty pulling the weights towards the starting ones) keep what the base model knew:
-    :mod:`metric_sim.training.regularizers`.
+    :mod:`metric_sim.training.regularizers`; so do ``mix_pairs`` (``[{preset: NAME, split: SPLIT, share: S} or
+    {file: PATH, share: S}, ...]``: other pair sets, each its share of every batch): :mod:`.mixing`.
     """
 
     # data
@@ -128,6 +130,7 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     # hard negatives mined on the training pairs
     hard_negatives: dict[str, Any] | None = None
+    mix_pairs: list[dict[str, Any]] = field(default_factory=list)  # checked in mix_config
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -138,6 +141,7 @@ class TrainConfig:
         if self.hard_negatives is not None:
             check_hard_negatives(self.hard_negatives, self.metric, self.seed)
             self._check_refresh(self.hard_negatives.get("refresh_steps"))
+        self.mix_pairs = check_mix_pairs(self.mix_pairs, self)
 
     def _check_refresh(self, refresh: int | None) -> None:
         # A refresh rewrites the mined pairs in the training process: a loader worker keeps its own copy of them,
@@ -408,6 +412,10 @@ def _require_shallow(key: str, value: Any) -> None:
     Deeper values are refused before anything walks them: no config key takes one, and
     YAML aliases can make a small file expand into an exponentially large nest.
     """
+    if key == "mix_pairs" and isinstance(value, list):  # a list of mappings of scalars
+        for i, entry in enumerate(value):
+            _require_shallow(f"mix_pairs[{i}]", entry)
+        return
     if key == "encoder_options" and isinstance(value, Mapping):
         # one level more: an image encoder's augmentation is a mapping of its own ({hflip: false, ...})
         for name, child in value.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from metric_sim.layout import HARD_NEGATIVES_FILE
 from metric_sim.mining import MinedNegatives, mine_hard_negatives
 from metric_sim.model import SimilarityModel
 from metric_sim.training.config import TrainConfig, check_hard_negatives
+from metric_sim.training.mix_config import MixSource, mix_source_name
 
-__all__ = ["add_hard_negatives", "carve_dev", "load_training_data", "mine_train_negatives", "subsample"]
+__all__ = ["add_hard_negatives", "add_mix_pairs", "carve_dev", "load_mix_set", "load_training_data", "mine_train_negatives",
+           "mix_into", "subsample"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +106,8 @@ def add_hard_negatives(config: TrainConfig, train: PairDataset, dev: PairDataset
     else:
         mined = mine_train_negatives(config, train, encoder)
     seconds = time.perf_counter() - started
-    _refuse_dev_texts(mined, train, dev)
+    _refuse_dev_texts((*mined.anchor_texts, *mined.negative_texts), train, dev, "hard_negatives", "mined texts",
+                      "mine on the training pairs only")
     try:
         extra = mined.to_pairs()
     except InvalidArgumentError as exc:
@@ -152,11 +156,73 @@ def _load_matching(path: Path, encoder: ItemEncoder, metric: Metric) -> MinedNeg
     return mined
 
 
-def _refuse_dev_texts(mined: MinedNegatives, train: PairDataset, dev: PairDataset) -> None:
-    """Negatives are training pairs: a text only the dev split holds would leak dev into training."""
+def _refuse_dev_texts(texts: Iterable[Any], train: PairDataset, dev: PairDataset, what: str, noun: str,
+                      hint: str) -> None:
+    """Added pairs are training pairs: a text only the dev split holds would leak dev into training.
+
+    A dev text that the train split holds too is no new leak, so it is allowed.
+    """
     train_texts = set(train.texts_a) | set(train.texts_b)
     dev_only = (set(dev.texts_a) | set(dev.texts_b)) - train_texts
-    leaked = [text for text in (*mined.anchor_texts, *mined.negative_texts) if text in dev_only]
+    leaked = [text for text in texts if text in dev_only]
     if leaked:
-        raise TrainingError(f"hard_negatives: {len(leaked)} mined texts appear in the dev split and not in train "
-                            f"(e.g. {leaked[0]!r}): mine on the training pairs only")
+        raise TrainingError(f"{what}: {len(leaked)} {noun} appear in the dev split and not in train "
+                            f"(e.g. {leaked[0]!r}): {hint}")
+
+
+def add_mix_pairs(config: TrainConfig, train: PairDataset,
+                  dev: PairDataset) -> tuple[PairDataset, tuple[MixSource, ...]]:
+    """``train`` followed by each ``mix_pairs`` set in config order, and where each set's rows are.
+
+    ``train`` (the main data: the train split and any mined negatives) keeps rows
+    ``0 .. len(train) - 1``. Nothing to mix: ``train`` itself and no sources.
+    """
+    if not config.mix_pairs:
+        return train, ()
+    loaded = [(mix_source_name(entry), float(entry["share"]), load_mix_set(config, entry)) for entry in config.mix_pairs]
+    return mix_into(train, dev, loaded)
+
+
+def load_mix_set(config: TrainConfig, entry: Mapping[str, Any]) -> PairDataset:
+    """The pairs of one checked ``mix_pairs`` entry: a preset's split (files under ``data_dir``), or a file read
+    with the entry's column options, each defaulting to the config's own (``text_a``, ``text_b``, ``label``, ``items``)."""
+    if entry.get("preset") is not None:
+        return load_preset(entry["preset"], split=entry["split"], data_dir=config.data_dir)
+    columns = {key: entry.get(key, getattr(config, key)) for key in ("text_a", "text_b", "label", "items")}
+    return load_pairs(entry["file"], **columns)
+
+
+def mix_into(train: PairDataset, dev: PairDataset,
+             sets: Sequence[tuple[str, float, PairDataset]]) -> tuple[PairDataset, tuple[MixSource, ...]]:
+    """``train`` followed by each ``(name, share, pairs)`` set; a set holding a text only the dev split holds is refused.
+
+    Clusters: the prepared pairs apply the one cluster rule (:mod:`metric_sim.clusters`) to all
+    rows at once, and that is the right semantics here. A set's ids are prefixed
+    (``mix<i>:``), so an id that two sources use for different texts (QQP qids and MRPC
+    sentence ids are both small integers) can never join them; clusters then meet only
+    through an identical text, which is one item with one embedding and so one cluster
+    label. If a mixed positive (X, Y) shares X with a main cluster {X, Z}, keeping the sets'
+    clusters apart would need two labels for X, and would make Y and Z in-batch negatives
+    of each other while both are positives of X; joining them is the transitive reading
+    the rule gives any two positives that share a text. Label-0 pairs join nothing and
+    stay negatives whatever their clusters.
+    """
+    combined, sources, start = train, [], len(train)
+    for i, (name, share, data) in enumerate(sets):
+        what = f"mix_pairs[{i}] ({name})"
+        if len(data) == 0:
+            raise TrainingError(f"{what}: the set holds no pairs")
+        _refuse_dev_texts(dict.fromkeys([*data.texts_a, *data.texts_b]), train, dev, what, "texts",
+                          "mix only pairs that share no text with the dev split (another split or data set)")
+        combined = concat_pairs(combined, _namespaced(data, f"mix{i}:"))
+        sources.append(MixSource(name, start, len(data), share))
+        start += len(data)
+    return combined, tuple(sources)
+
+
+def _namespaced(data: PairDataset, prefix: str) -> PairDataset:
+    """``data`` with ``prefix`` before every id and pair id (the texts, labels and order unchanged)."""
+    dataset = data.dataset
+    for column, values in (("id_a", data.ids_a), ("id_b", data.ids_b), ("pair_id", data.pair_ids)):
+        dataset = dataset.remove_columns(column).add_column(column, [f"{prefix}{value}" for value in values])
+    return PairDataset(dataset, report=copy.deepcopy(data.report))

@@ -48,10 +48,11 @@ from metric_sim.model import SimilarityModel
 from metric_sim.storage import package_versions, write_json_atomic
 from metric_sim.training.batches import PairCollator, PairRows, PreparedPairs, prepare_pairs
 from metric_sim.training.config import TrainConfig
-from metric_sim.training.data import add_hard_negatives, load_training_data
+from metric_sim.training.data import add_hard_negatives, add_mix_pairs, load_training_data
 from metric_sim.training.dev import DevEvaluator, calibrated_metrics
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
+from metric_sim.training.mixing import MixedBatchSampler, MixPlan, main_rows
 from metric_sim.training.refresh import HardNegativeRefresh
 from metric_sim.training.regularizers import (
     L2SP,
@@ -147,6 +148,8 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
         train_data, hard_negatives = add_hard_negatives(config, train_data, dev_data, encoder, run_dir, resume=resume)
     else:
         hard_negatives = None
+    main_pairs = len(train_data)  # rows 0.. of the prepared pairs; the mixed sets follow
+    train_data, mix_sources = add_mix_pairs(config, train_data, dev_data)
     torch.manual_seed(config.seed)
     pairs = prepare_pairs(train_data)
     evaluator = DevEvaluator(dev_data, metric, config.eval_batch_size)
@@ -161,7 +164,10 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
     if zero_shot:
         check_margins(metric_loss, zero_shot)
-    plan = _batch_plan(config, metric_loss, encoder, pairs, world)
+    mix = MixPlan(config.batch_size, main_pairs, mix_sources) if mix_sources else None
+    plan = _batch_plan(config, metric_loss, encoder, pairs, world, mix)
+    if mix is not None:
+        mix.log(mix.batches_trained(plan.planned_steps, config.gradient_accumulation_steps, world))
     preflight(metric_loss, pairs, plan.make_sampler(), config.batch_size * world,
               plan.planned_steps * config.gradient_accumulation_steps)
 
@@ -169,7 +175,8 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     if is_main_process():
         write_json_atomic(run_dir / TRAIN_CONFIG_FILE, {**config.to_dict(), "run": {"status": "running", **reference}})
     guard = ZeroLossGuard(config.loss)
-    refresh = _refresh_callbacks(config, encoder, split_train, pairs, run_dir, hard_negatives)
+    # The refresh rewrites mined rows of the main data: it sees those rows alone (views: its writes reach pairs).
+    refresh = _refresh_callbacks(config, encoder, split_train, main_rows(pairs, main_pairs), run_dir, hard_negatives)
     trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard,
                             [*refresh, *callbacks], show_progress, l2sp)
     logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
@@ -188,6 +195,8 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
         "loss_params_resolved": metric_loss.params, "batches_without_tuple": guard.total_empty,
         "batches_all_easy": guard.total_easy, "resumed": resume, "hard_negatives": hard_negatives,
         "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()}, **reference,
+        **({"mix_pairs": mix.record(mix.batches_trained(trainer.state.global_step, config.gradient_accumulation_steps,
+                                                          world))} if mix is not None else {}),
     } if is_main_process() else {}
     return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
                    output_metrics, record, started)
@@ -292,27 +301,35 @@ def _zero_shot(config: TrainConfig, model: nn.Module, evaluator: DevEvaluator,
 
 
 def _batch_plan(config: TrainConfig, metric_loss: MetricLoss, encoder: TrainableEncoder, pairs: PreparedPairs,
-                world: int) -> _BatchPlan:
+                world: int, mix: MixPlan | None = None) -> _BatchPlan:
+    """The sampler and step count; with ``mix``, the run's sampler orders the main rows and a
+    :class:`MixedBatchSampler` wraps it (an epoch is then one pass over the main data)."""
     kind = config.sampler
     if kind == "auto":
         kind = "cluster" if metric_loss.needs_labels else "length"
+    main = pairs if mix is None else main_rows(pairs, mix.main_pairs)
     # Every rank draws the same seeded order; the loss sees world * batch_size pairs per micro-batch.
     step_pairs = config.batch_size * config.gradient_accumulation_steps * world
+    group_pairs = step_pairs if mix is None else mix.main_per_batch * config.gradient_accumulation_steps * world
     pair_sizes: list[int] = []
     if kind == "length" and not config.freeze_encoder:  # cached embeddings have no padding to save
-        sizes = encoder.item_sizes(pairs.items)
+        sizes = encoder.item_sizes(main.items)
         if int(sizes.max(initial=0)) > 0:  # all zero: every item costs the same, nothing to group
-            pair_sizes = np.maximum(sizes[pairs.tid_a], sizes[pairs.tid_b]).tolist()
+            pair_sizes = np.maximum(sizes[main.tid_a], sizes[main.tid_b]).tolist()
+
+    def main_sampler() -> Sampler[int]:
+        if kind == "cluster":
+            return ClusterPairSampler(main.text_labels[main.tid_a], config.samples_per_cluster, config.seed)
+        if pair_sizes:
+            # Group by the (main) pairs of one optimiser step over all ranks: accelerate cuts that into per-rank batches.
+            return LengthGroupedPairSampler(pair_sizes, group_pairs, config.seed)
+        return RandomPairSampler(len(main), config.seed)
 
     def make_sampler() -> Sampler[int]:
-        if kind == "cluster":
-            return ClusterPairSampler(pairs.text_labels[pairs.tid_a], config.samples_per_cluster, config.seed)
-        if pair_sizes:
-            # Group by the pairs of one optimiser step over all ranks: accelerate cuts that into per-rank batches.
-            return LengthGroupedPairSampler(pair_sizes, step_pairs, config.seed)
-        return RandomPairSampler(len(pairs), config.seed)
+        return main_sampler() if mix is None else MixedBatchSampler(main_sampler(), mix, config.seed)
 
-    steps_per_epoch = math.ceil(len(pairs) / step_pairs)
+    epoch_pairs = len(pairs) if mix is None else mix.epoch_pairs
+    steps_per_epoch = math.ceil(epoch_pairs / step_pairs)
     planned = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
     return _BatchPlan(kind, make_sampler, steps_per_epoch, planned)
 
