@@ -243,14 +243,19 @@ def bench_grocery(work: Path, steps: int) -> dict[str, Any]:
     parts = train_photos.split_within_identities({"train": 0.85, "dev": 0.15}, seed=0)
     train_pairs = catalogue_pairs(parts["train"], catalogue, seed=0)
     dev_pairs = catalogue_pairs(parts["dev"], catalogue, seed=1)
-    config = {"preset": "grocery", "model": "multimodal", "metric": "euclidean", "freeze_encoder": True,
-              "projection_dim": 256, "normalize": True, "batch_size": 64, "max_steps": steps,
-              "eval_steps": max(20, steps // 5), "logging_steps": 20, "warmup_ratio": 0.05, "seed": 0,
-              "loss": "contrastive", "loss_params": {"pos_margin": 0.0, "neg_margin": 1.0}, "learning_rate": 1e-3,
-              "save_total_limit": 1}
+    config = _fusion_head_config(steps)
     result = _train(config, work / "grocery_fusion", product_encoder_from_names(), train_pairs, dev_pairs)
     out["fusion_head"] = _retrieval_rows(result.model.encoder, val_photos, catalogue, "euclidean")
     return out
+
+
+def _fusion_head_config(steps: int) -> dict[str, Any]:
+    """The fusion head's training settings, the same for plain and modality-dropout catalogue pairs."""
+    return {"preset": "grocery", "model": "multimodal", "metric": "euclidean", "freeze_encoder": True,
+            "projection_dim": 256, "normalize": True, "batch_size": 64, "max_steps": steps,
+            "eval_steps": max(20, steps // 5), "logging_steps": 20, "warmup_ratio": 0.05, "seed": 0,
+            "loss": "contrastive", "loss_params": {"pos_margin": 0.0, "neg_margin": 1.0}, "learning_rate": 1e-3,
+            "save_total_limit": 1}
 
 
 def _catalogue_forms(catalogue: Any) -> Any:
@@ -279,11 +284,7 @@ def bench_grocery_dropout(work: Path, steps: int) -> dict[str, Any]:
     parts = train_photos.split_within_identities({"train": 0.85, "dev": 0.15}, seed=0)
     train_pairs = catalogue_pairs(parts["train"], forms, seed=0)
     dev_pairs = catalogue_pairs(parts["dev"], catalogue, seed=1)
-    config = {"preset": "grocery", "model": "multimodal", "metric": "euclidean", "freeze_encoder": True,
-              "projection_dim": 256, "normalize": True, "batch_size": 64, "max_steps": steps,
-              "eval_steps": max(20, steps // 5), "logging_steps": 20, "warmup_ratio": 0.05, "seed": 0,
-              "loss": "contrastive", "loss_params": {"pos_margin": 0.0, "neg_margin": 1.0}, "learning_rate": 1e-3,
-              "save_total_limit": 1}
+    config = _fusion_head_config(steps)
     result = _train(config, work / "grocery_fusion_dropout", product_encoder_from_names(), train_pairs, dev_pairs)
     return {"train_pairs": len(train_pairs), "steps": steps,
             "fusion_head_modality_dropout": _retrieval_rows(result.model.encoder, val_photos, catalogue, "euclidean")}
