@@ -226,8 +226,8 @@ def _ap(mean: float | None, sd: float | None) -> str:
 
 def markdown(summary: Mapping[str, Any], base: dict[str, Any], cells: Mapping[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
     sets = [IN_DOMAIN, *args.also]
-    header = ["method", *[f"{s} AP (Δ zero-shot)" for s in sets], "QQP ECE", "all bars"]
-    rows = [["zero-shot", *[f"{base['figures'][s]['average_precision']:.4f}" for s in sets],
+    header = ["method", "seeds", *[f"{s} AP (Δ zero-shot)" for s in sets], "QQP ECE", "all bars"]
+    rows = [["zero-shot", "–", *[f"{base['figures'][s]['average_precision']:.4f}" for s in sets],
              f"{base['figures'][IN_DOMAIN]['ece']:.4f}", "–"]]
     for method, row in summary.items():
         cells_ = []
@@ -235,7 +235,7 @@ def markdown(summary: Mapping[str, Any], base: dict[str, Any], cells: Mapping[st
             f = row["sets"][s]
             mark = " (trained on)" if row["bars"]["trained_on"] and s.startswith(row["bars"]["trained_on"] + ":") else ""
             cells_.append(f"{_ap(f['ap_mean'], f['ap_sd'])} ({f['delta_vs_zero_shot']:+.4f}){mark}")
-        rows.append([method, *cells_, f"{row['qqp_test_ece']:.4f}", "yes" if row["meets_all"] else "no"])
+        rows.append([method, " ".join(str(seed) for seed in row["seeds"]), *cells_, f"{row['qqp_test_ece']:.4f}", "yes" if row["meets_all"] else "no"])
     lines = [markdown_table(header, rows), ""]
     if "wiseft" in cells:
         lines += ["WiSE-FT alpha chosen on dev per seed (guards: " + ", ".join(args.guard) + f", tolerance {args.tolerance:g}):", ""]
@@ -298,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="cache of runs and scores")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--one-seed", nargs="*", choices=METHODS, default=[],
+                        help="methods trained at the first seed only (to fit a budget; the tables say so)")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of every method (the fair grid's choice)")
     parser.add_argument("--reuse-finetune", default=None, metavar="PATTERN", help="existing run folders for finetune, with {seed}")
     parser.add_argument("--also", nargs="+", default=list(DEFAULT_ALSO), help="out-of-domain test sets, PRESET:SPLIT")
@@ -323,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scorer = Scorer(task, args.also, quick=args.quick)
     cells: dict[str, list[dict[str, Any]]] = {}
     for method in args.methods:
-        for seed in args.seeds:
+        for seed in args.seeds[:1] if method in args.one_seed else args.seeds:
             started = time.perf_counter()
             cells.setdefault(method, []).append(score_cell(task, scorer, method, seed, args))
             logger.info("%s@s%d done in %.0f s", method, seed, time.perf_counter() - started)
