@@ -33,6 +33,7 @@ DEFAULT_MODEL = "default"  # the name that loads the packaged all-MiniLM-L6-v2
 TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
+MODEL_FINETUNED_DIR = "model_finetuned"  # with a recipe's interpolate: the fine-tuned model; model/ is the mixed one
 CHECKPOINT_DIR = "checkpoints"
 HARD_NEGATIVES_FILE = "hard_negatives.tsv"  # mined negatives added to train (+ its .json sidecar)
 HARD_NEGATIVES_REFRESHED_FILE = "hard_negatives_refreshed.tsv"  # the latest refresh_steps re-mining (+ sidecar)

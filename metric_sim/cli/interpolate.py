@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from metric_sim.cli.common import EXIT_OK, Subparsers, print_json
-from metric_sim.errors import ConfigError, MetricSimError, TargetExistsError, UsageError
+from metric_sim.errors import ConfigError, TargetExistsError, UsageError
 from metric_sim.layout import ModelSource, resolve_model_source
 from metric_sim.schema import SavedFields, read_json_file
 from metric_sim.validation import require_positive_int, require_probability
@@ -160,37 +160,9 @@ def _check_selection_flags(args: argparse.Namespace) -> tuple[list[float] | None
 
 def _held_out_set(flag: str, value: str) -> tuple[str, Any, str]:
     """(name, pairs, description) of ``PRESET[:SPLIT]`` (default split dev; a preset wins over a file) or a pairs file."""
-    from metric_sim.data import list_presets, load_pairs, load_preset
-    from metric_sim.data.presets import PRESETS
+    from metric_sim.data.held_out import load_held_out_pairs
 
-    preset, _, split = value.partition(":")
-    try:
-        if preset in PRESETS:
-            splits = PRESETS[preset].splits
-            if not split and DEFAULT_CALIBRATION_SPLIT not in splits:
-                shown = f"its splits: {list(splits)}" if splits else "it has no splits"
-                raise UsageError(f"{flag} {value}: preset {preset!r} has no {DEFAULT_CALIBRATION_SPLIT!r} split ({shown}); "
-                                 "name a held-out split as PRESET:SPLIT (never the one you will score on), or a pairs file")
-            split = split or DEFAULT_CALIBRATION_SPLIT
-            pairs = load_preset(preset, split=split)
-            name, where = f"{preset}:{split}", f"split {split!r} of preset {preset!r}"
-        elif Path(value).expanduser().is_file():
-            pairs = load_pairs(Path(value).expanduser())
-            # By its file name only: the saved record names the sets, and a model may be shared (no local paths).
-            name = Path(value).name
-            where = f"file {name!r}"
-        else:
-            raise UsageError(f"{flag} {value!r} is neither a preset ({', '.join(list_presets())}; PRESET:SPLIT picks a "
-                             f"split, default {DEFAULT_CALIBRATION_SPLIT}) nor an existing pairs file")
-    except UsageError:
-        raise
-    except (MetricSimError, OSError, UnicodeError) as exc:
-        raise UsageError(f"{flag} {value!r}: {exc}") from exc
-    classes = sorted({int(y) for y in pairs.labels})
-    if len(classes) < 2:
-        raise UsageError(f"{flag} {value!r} ({len(pairs):,} pairs) holds only class {classes or 'none'}: AP needs both "
-                         "similar (1) and dissimilar (0) pairs")
-    return name, pairs, f"{where} ({len(pairs):,} pairs)"
+    return load_held_out_pairs(flag, value, error=UsageError)
 
 
 def _selection_sets(args: argparse.Namespace) -> tuple[tuple[str, Any, str], dict[str, Any]]:

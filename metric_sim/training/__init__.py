@@ -11,6 +11,10 @@ One responsibility per module:
 * :mod:`.guards` - batches without a usable tuple, margins on the wrong scale;
 * :mod:`.trainer` - :class:`MetricTrainer` (loss, dev AP, samplers) and its callbacks;
 * :mod:`.resume` - new run folder or resumed one, checkpoints;
+* :mod:`.regularizers` - L2-SP toward the starting weights, frozen lower layers;
+* :mod:`.mix_config`, :mod:`.mixing` - other pair sets mixed into every batch;
+* :mod:`.refresh` - hard negatives re-mined during training;
+* :mod:`.interpolate_config`, :mod:`.interpolate_step` - WiSE-FT toward the start at the end of a run;
 * :mod:`.run` - :func:`train`, the run folder and :class:`TrainResult`;
 * :mod:`.demo` - :func:`fine_tune_demo`.
 

@@ -25,6 +25,7 @@ from metric_sim.errors import (
     MissingFileError,
 )
 from metric_sim.losses.registry import list_losses, validate_loss_params
+from metric_sim.training.interpolate_config import check_interpolate
 from metric_sim.training.mix_config import check_mix_pairs
 from metric_sim.validation import (
     require_choice,
@@ -131,6 +132,7 @@ class TrainConfig:
     # hard negatives mined on the training pairs
     hard_negatives: dict[str, Any] | None = None
     mix_pairs: list[dict[str, Any]] = field(default_factory=list)  # checked in mix_config
+    interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -142,6 +144,7 @@ class TrainConfig:
             check_hard_negatives(self.hard_negatives, self.metric, self.seed)
             self._check_refresh(self.hard_negatives.get("refresh_steps"))
         self.mix_pairs = check_mix_pairs(self.mix_pairs, self)
+        self.interpolate = check_interpolate(self.interpolate, self)
 
     def _check_refresh(self, refresh: int | None) -> None:
         # A refresh rewrites the mined pairs in the training process: a loader worker keeps its own copy of them,
@@ -416,8 +419,8 @@ def _require_shallow(key: str, value: Any) -> None:
         for i, entry in enumerate(value):
             _require_shallow(f"mix_pairs[{i}]", entry)
         return
-    if key == "encoder_options" and isinstance(value, Mapping):
-        # one level more: an image encoder's augmentation is a mapping of its own ({hflip: false, ...})
+    if key in ("encoder_options", "interpolate") and isinstance(value, Mapping):
+        # one level more: an image encoder's augmentation ({hflip: false, ...}), interpolate's guard list
         for name, child in value.items():
             _require_shallow(f"{key}.{name}", child)
         return

@@ -4,6 +4,7 @@ A run folder (``train(config, out_dir=RUN_DIR)``)::
 
     RUN_DIR/train_config.json   resolved TrainConfig + "run" section
     RUN_DIR/model/              final SimilarityModel (calibrator fitted on dev)
+    RUN_DIR/model_finetuned/    with ``interpolate``: the fine-tuned model; model/ is its WiSE-FT mix
     RUN_DIR/metrics.json        {"dev": {...}, "zero_shot_dev": {...}, "hard_negatives": {...}}
     RUN_DIR/hard_negatives.tsv  mined negatives added to train (+ .json sidecar), with hard_negatives
     RUN_DIR/hard_negatives_refreshed.tsv  the latest re-mining, with hard_negatives.refresh_steps
@@ -41,7 +42,13 @@ from metric_sim.distributed import broadcast_object, is_main_process, quiet_repl
 from metric_sim.encoders.base import TrainableEncoder
 from metric_sim.encoders.starting import MULTIMODAL_STARTING_POINT, encoder_from_start
 from metric_sim.errors import CalibrationError, TrainingError
-from metric_sim.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR, TRAIN_CONFIG_FILE
+from metric_sim.layout import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    MODEL_DIR,
+    MODEL_FINETUNED_DIR,
+    TRAIN_CONFIG_FILE,
+)
 from metric_sim.losses.loss import MetricLoss, build_loss
 from metric_sim.metrics import ranking_metrics
 from metric_sim.model import SimilarityModel
@@ -52,6 +59,7 @@ from metric_sim.training.data import add_hard_negatives, add_mix_pairs, load_tra
 from metric_sim.training.dev import DevEvaluator, calibrated_metrics
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
+from metric_sim.training.interpolate_step import InterpolationStep, prepare_interpolation
 from metric_sim.training.mixing import MixedBatchSampler, MixPlan, main_rows
 from metric_sim.training.refresh import HardNegativeRefresh
 from metric_sim.training.regularizers import (
@@ -131,9 +139,13 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     metric = Metric.parse(config.metric)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_data, dev_data = _training_data(config, train_data, dev_data)
+    wise = prepare_interpolation(config, lambda: starting_encoder(config))  # guard sets load (or fail) now
     # The multimodal starting point initialises its fusion head here: no pretrained value for L2-SP to keep.
     fresh_head = encoder is None and config.model == MULTIMODAL_STARTING_POINT
+    given = encoder is not None
     encoder = starting_encoder(config, encoder)
+    if wise is not None and given:  # a caller's encoder cannot be rebuilt from the config: keep a copy of its start
+        wise.keep_start(encoder)
     starting = starting_parameter_ids(encoder, fresh_head=fresh_head)  # before a head is added below
     frozen = freeze_lower_layers(encoder, config.freeze_layers)  # before the optimiser: no state for them
     # Opens the process group under torchrun (the Trainer's own DDP setup: gloo on CPU, NCCL on GPU).
@@ -199,7 +211,7 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
                                                           world))} if mix is not None else {}),
     } if is_main_process() else {}
     return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
-                   output_metrics, record, started)
+                   output_metrics, record, started, wise)
 
 
 def _l2sp(config: TrainConfig, model: nn.Module, starting: set[int], run_dir: Path, resume: bool) -> L2SP | None:
@@ -366,12 +378,15 @@ def _fit(trainer: MetricTrainer, resume_from: Path | None) -> dict[str, float]:
 
 def _finish(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, trainer: MetricTrainer,
             evaluator: DevEvaluator, dev_data: PairDataset, metric_loss: MetricLoss, zero_shot: dict[str, Any],
-            output_metrics: dict[str, float], record: dict[str, Any], started: float) -> TrainResult:
+            output_metrics: dict[str, float], record: dict[str, Any], started: float,
+            wise: InterpolationStep | None) -> TrainResult:
     """Rank 0 calibrates, saves and writes the run files; every rank returns the same result."""
-    shared: tuple[dict[str, Any], dict[str, Any] | None, float] | None = None
+    shared: tuple[dict[str, Any], dict[str, Any] | None, float, dict[str, Any] | None] | None = None
+    final = similarity
     if is_main_process():
         metrics = finish_run(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
-                             hard_negatives=record.get("hard_negatives"))
+                             hard_negatives=record.get("hard_negatives"), interpolation=wise)
+        final = wise.model if wise is not None and wise.model is not None else similarity
         wall = time.perf_counter() - started
         runtime = float(output_metrics.get("train_runtime", float("nan")))
         run = {
@@ -392,20 +407,27 @@ def _finish(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, tra
                     metrics["dev"]["average_precision"],
                     f"{zero_shot['average_precision']:.4f}" if zero_shot else "not measured",
                     trainer.state.global_step, wall, run_dir / MODEL_DIR)
-        calibrator = similarity.calibrator
-        shared = (metrics, calibrator.to_dict() if calibrator is not None else None, wall)
+        calibrator = final.calibrator
+        shared = (metrics, calibrator.to_dict() if calibrator is not None else None, wall, final.weight_interpolation)
     # The other ranks wait here until rank 0 has written the run folder, then return the same result.
-    metrics, calibrator_dict, wall = broadcast_object(shared)
-    if not is_main_process() and calibrator_dict is not None:
-        similarity.calibrator = Calibrator.from_dict(calibrator_dict)
-    return TrainResult(similarity, run_dir, metrics, trainer.state.global_step, wall)
+    metrics, calibrator_dict, wall, mixed = broadcast_object(shared)
+    if not is_main_process():
+        if wise is not None:  # the alpha rank 0 chose, applied to this rank's copy
+            final = wise.replica(similarity, mixed)
+        if calibrator_dict is not None:
+            final.calibrator = Calibrator.from_dict(calibrator_dict)
+    return TrainResult(final, run_dir, metrics, trainer.state.global_step, wall)
 
 
 def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, trainer: MetricTrainer,
                evaluator: DevEvaluator, dev_data: PairDataset, metric_loss: MetricLoss,
-               zero_shot: dict[str, Any], *, hard_negatives: dict[str, Any] | None = None) -> dict[str, Any]:
+               zero_shot: dict[str, Any], *, hard_negatives: dict[str, Any] | None = None,
+               interpolation: InterpolationStep | None = None) -> dict[str, Any]:
     """Calibrate ``similarity`` on dev, save it to ``RUN_DIR/model`` and write ``metrics.json``
-    (with what ``hard_negatives`` records: source, count, seconds, when the run added some)."""
+    (with what ``hard_negatives`` records: source, count, seconds, when the run added some).
+
+    With ``interpolation`` the fine-tuned model goes to ``RUN_DIR/model_finetuned`` (its dev
+    figures to ``finetuned_dev``) and ``RUN_DIR/model`` is its WiSE-FT mix (``dev``, ``interpolation``)."""
     metric = similarity.metric
     # Final model: the best checkpoint's weights (load_best_model_at_end), calibrated on dev.
     final_step = checkpoint_step(trainer.state.best_model_checkpoint) if config.load_best_model_at_end else None
@@ -422,13 +444,17 @@ def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, 
         # Keep the trained weights: an uncalibrated model is still a result worth inspecting.
         logger.warning("the model is saved without a calibrator: %s", exc)
         calibration = {"calibration_error": str(exc)}
-    similarity.save(run_dir / MODEL_DIR, extra={"training": {"loss": config.loss, "loss_params": metric_loss.params,
-                                                             "steps": trainer.state.global_step}})
+    extra = {"training": {"loss": config.loss, "loss_params": metric_loss.params, "steps": trainer.state.global_step}}
+    similarity.save(run_dir / (MODEL_DIR if interpolation is None else MODEL_FINETUNED_DIR), extra=extra)
     dev_metrics = {**ranking_metrics(distances, dev_labels),
                    **calibration,
                    "best_checkpoint": trainer.state.best_model_checkpoint,
                    "best_step_average_precision": trainer.state.best_metric}
     metrics: dict[str, Any] = {"metric": metric.value, "dev": dev_metrics}
+    if interpolation is not None:
+        metrics["dev"], metrics["interpolation"] = interpolation.finish(similarity, dev_data, run_dir, extra=extra,
+                                                                       batch_size=config.eval_batch_size)
+        metrics["finetuned_dev"] = dev_metrics
     if zero_shot:
         metrics["zero_shot_dev"] = zero_shot
     if hard_negatives is not None:
