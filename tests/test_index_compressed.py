@@ -87,6 +87,22 @@ def test_recall_against_brute_force_on_clustered_data(built):
     assert recorded["queries"] == 200 and recorded["items"] == N and 0.9 <= recorded["recall_at_10"] <= 1.0
 
 
+def test_measured_recall_equals_a_numpy_oracle_across_blocks(built, monkeypatch):
+    from metric_sim.index import compressed
+
+    metric, index = built
+    monkeypatch.setattr(compressed, "_RECALL_CHUNK", 700)  # several blocks whose shortlists are merged
+    measured = index.measure_recall()
+    picked = np.sort(np.random.default_rng(compressed.RECALL_SEED).choice(N, 200, replace=False))
+    exact = _exact(X[picked], X, metric)
+    exact[np.arange(len(picked)), picked] = np.inf  # each query leaves itself out
+    truth = np.argsort(exact, axis=1, kind="stable")[:, :10]
+    found = index.search_embeddings(X[picked], k=11)
+    hits = sum(len(set(t) & set([i for i in _rows(r.ids) if i != p][:10]))
+               for t, r, p in zip(truth, found, picked, strict=True))
+    assert measured == hits / (10 * len(picked))
+
+
 def test_reranking_every_item_in_every_list_is_exact(built):
     metric, index = built
     index.set_search_params(rerank=N, nprobe=index.params["nlist"])
