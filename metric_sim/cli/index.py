@@ -109,7 +109,11 @@ def _compressed_line(info: dict[str, Any]) -> str | None:
     recall = stats["recall"]
     measured = "not measured" if recall is None else (
         f"recall@10 {recall['recall_at_10']:.3f} against exact search ({recall['queries']} queries, {recall['items']:,} items)")
-    return f"RAM {stats['ram_bytes_per_item']} bytes per item (codes + int64 ids), full vectors in {info['vector_file']}; {measured}"
+    store = info["store"]
+    whole = "" if info["ram_bytes_per_item"] is None else (
+        f", {info['ram_bytes_per_item']} with the {store['kind']} store's keys (ids and descriptions on disk)")
+    return (f"RAM {stats['ram_bytes_per_item']} bytes per item (codes + int64 ids){whole}, "
+            f"full vectors in {info['vector_file']}; {measured}")
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from metric_sim.distances import (
 )
 from metric_sim.errors import IndexConfigError, IndexLoadError
 from metric_sim.index import search
+from metric_sim.index.disk_store import DiskItemStore
 from metric_sim.index.kinds import COMPRESSED_KINDS
 from metric_sim.index.store import ItemStore
 from metric_sim.index.vectors import FaissVectors
@@ -303,7 +304,7 @@ class CompressedVectors:
                 raise IndexLoadError(f"{where} has {name}={value}, but {METADATA_FILE} says {self.params.get(name)}")
 
 
-def measure_recall(vectors: Any, store: ItemStore, *, queries: int = RECALL_QUERIES,
+def measure_recall(vectors: Any, store: ItemStore | DiskItemStore, *, queries: int = RECALL_QUERIES,
                    seed: int = RECALL_SEED) -> dict[str, Any]:
     """Recall@10 of the index's own search against exact search, for ``queries`` stored vectors
     drawn with ``seed``. Each query's own item is left out of both lists (it would be a free hit),
@@ -335,10 +336,12 @@ def measure_recall(vectors: Any, store: ItemStore, *, queries: int = RECALL_QUER
         order = np.lexsort((c, d))[:, : k + 1]  # by distance, ties by key (as search does)
         best_d, best_k = np.take_along_axis(d, order, 1), np.take_along_axis(c, order, 1)
     found = search.knn(vectors, store, None, rows, k + 1, None, None, None)
+    wanted = np.unique(np.concatenate([query_keys, best_k.ravel()]))
+    id_of = {key: item[0] for key, item in zip(wanted.tolist(), store.items_of(wanted), strict=True)}
     hits = total = 0
     for q, result in enumerate(found):
-        me = store.item(int(query_keys[q]))[0]
-        truth = [store.item(key)[0] for key in best_k[q].tolist() if key != query_keys[q]][:k]
+        me = id_of[int(query_keys[q])]
+        truth = [id_of[key] for key in best_k[q].tolist() if key != query_keys[q]][:k]
         got = [item_id for item_id in result.ids if item_id != me][:k]
         hits += len(set(truth) & set(got))
         total += len(truth)

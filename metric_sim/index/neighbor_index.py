@@ -7,7 +7,8 @@ probabilities. It talks to the encoder only through the contract
 (texts for a text encoder), checked by ``check_items`` and stored as ``describe_item``.
 
 This class composes the parts: the kinds and their parameters (:mod:`.kinds`), the FAISS
-vectors (:mod:`.vectors`), the id/description store (:mod:`.store`), search with exact
+vectors (:mod:`.vectors`), the id/description store (:mod:`.store`; on disk for the
+compressed kinds, :mod:`.disk_store`), search with exact
 re-ranking (:mod:`.search`), the folder on disk (:mod:`.persistence`) and the model
 checks (:mod:`.model_link`). Model on load: ``load(dir, model=...)`` checks the given
 model's fingerprint; with no model, the model recorded at build time (``model_path``) is
@@ -30,6 +31,7 @@ from metric_sim.calibration import Calibrator
 from metric_sim.distances import Metric
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.index import compressed, model_link, persistence, search
+from metric_sim.index.disk_store import DiskItemStore
 from metric_sim.index.kinds import check_search_params, parse_index_kind, resolve_params
 from metric_sim.index.results import DedupeResult, SearchResult
 from metric_sim.index.store import ItemStore, describe_items
@@ -56,7 +58,8 @@ class NeighborIndex:
         self.metric = Metric.parse(metric)
         self.kind, fixed = parse_index_kind(kind, self.metric)
         self._vectors = compressed.new_vectors(self.kind, self.dim, self.metric, resolve_params(self.kind, fixed, params))
-        self._store = ItemStore()
+        # Compressed kinds exist for corpora that outgrow RAM: their ids and descriptions stay on disk too.
+        self._store: ItemStore | DiskItemStore = DiskItemStore() if self._vectors.compressed else ItemStore()
         self.model: SimilarityModel | None = None
         self.encoder_fingerprint: str | None = None
         self.model_path: str | None = None
@@ -182,7 +185,9 @@ class NeighborIndex:
 
     def info(self) -> dict[str, Any]:
         """Kind, metric, dimension, item count and parameters; for the compressed kinds also the
-        RAM bytes per item (codes + int64 ids), the vector file and the recorded recall@10."""
+        RAM bytes per item (codes + int64 ids), the vector file, the recorded recall@10, the item
+        store (``sqlite``: ids and descriptions on disk, int64 keys in RAM) and the RAM bytes per
+        item of the whole index (codes + ids + the store's keys), from sizes, not measured."""
         found: dict[str, Any] = {"kind": self.kind, "metric": self.metric.value, "dim": self.dim,
                                  "items": len(self), "params": dict(self.params)}
         if self._vectors.compressed:
@@ -190,6 +195,11 @@ class NeighborIndex:
             path = self._vectors.vector_file  # the file mapped (a saved folder's may since have moved)
             found["vector_file"] = None if path is None else str(path)
             found["vector_file_bytes"] = stats["vector_rows"] * self.dim * 4  # float32 rows, removed ones too
+            store_file = getattr(self._store, "file", None)
+            found["store"] = {"kind": self._store.kind, "ram_bytes_per_item": self._store.ram_bytes_per_item,
+                              "file": None if store_file is None else str(store_file)}
+            parts = (stats["ram_bytes_per_item"], self._store.ram_bytes_per_item)
+            found["ram_bytes_per_item"] = None if None in parts else sum(parts)  # type: ignore[arg-type]
         return found
 
     def remove(self, ids: Sequence[str | int]) -> int:
@@ -290,6 +300,8 @@ class NeighborIndex:
         target = persistence.write_index_folder(directory, self._vectors, self._store, provenance)
         if self._vectors.compressed:  # map the saved file from now on; our temporary copy goes
             self._vectors.attach(target / VECTORS_FILE, self._store.next_key)
+        if isinstance(self._store, DiskItemStore):  # the same for the store's file
+            self._store.attach(target / STORE_FILE)
         return target
 
     @classmethod
@@ -310,8 +322,9 @@ class NeighborIndex:
         if meta.get("calibrator"):
             index.calibrator = Calibrator.from_dict(meta["calibrator"])
         index._vectors.index = persistence.read_faiss_index(folder, meta, index._vectors)
-        index._store = ItemStore.read_sqlite(folder / STORE_FILE, count=int(meta["count"]),
-                                             next_key=int(meta["next_key"]))
+        store_class = DiskItemStore if index._vectors.compressed else ItemStore
+        index._store = store_class.read_sqlite(folder / STORE_FILE, count=int(meta["count"]),
+                                               next_key=int(meta["next_key"]))
         persistence.check_store_matches(index._store, index._vectors.index, folder / STORE_FILE)
         if index._vectors.compressed:
             index._vectors.attach(folder / VECTORS_FILE, index._store.next_key)

@@ -22,6 +22,7 @@ from metric_sim.calibration import Calibrator
 from metric_sim.clusters import UnionFind
 from metric_sim.distances import faiss_to_true_distance, paired_distances_numpy
 from metric_sim.errors import CalibrationError, InvalidArgumentError
+from metric_sim.index.disk_store import DiskItemStore
 from metric_sim.index.results import DedupeResult, DuplicatePair, SearchResult
 from metric_sim.index.store import ItemStore
 from metric_sim.index.vectors import FaissVectors
@@ -75,9 +76,10 @@ def probabilities(calibrator: Calibrator | None, distances: np.ndarray) -> np.nd
 
 
 def to_result(
-    store: ItemStore, calibrator: Calibrator | None, query: str | None, keys: np.ndarray, distances: np.ndarray
+    store: ItemStore | DiskItemStore, calibrator: Calibrator | None, query: str | None, keys: np.ndarray,
+    distances: np.ndarray,
 ) -> SearchResult:
-    items = [store.item(k) for k in keys.tolist()]
+    items = store.items_of(keys)  # one lookup for the k neighbours (one SQLite query for a disk store)
     return SearchResult(
         query=query,
         ids=[item_id for item_id, _ in items],
@@ -103,7 +105,7 @@ def _nearest_first(keys: np.ndarray, distances: np.ndarray) -> np.ndarray:
 
 def knn(
     vectors: FaissVectors,
-    store: ItemStore,
+    store: ItemStore | DiskItemStore,
     calibrator: Calibrator | None,
     queries: np.ndarray,
     k: int,
@@ -220,7 +222,7 @@ def _stored_range_hits(
 
 def find_duplicates(
     vectors: FaissVectors,
-    store: ItemStore,
+    store: ItemStore | DiskItemStore,
     calibrator: Calibrator | None,
     radius: float,
     min_prob: float | None,
@@ -257,10 +259,12 @@ def find_duplicates(
     ordered = sorted(pairs.items(), key=lambda item: (item[1], item[0]))
     distances = np.array([d for _, d in ordered], dtype=np.float64)
     probs = probabilities(calibrator, distances) if len(ordered) else None
-    union = UnionFind(store.item(k)[0] for k in keys.tolist())
+    union = UnionFind(store.ids)  # in key order, as ``keys``
+    paired = sorted({key for pair in pairs for key in pair})
+    item_of = dict(zip(paired, store.items_of(paired), strict=True))  # batched: a disk store reads once
     result_pairs = []
     for n, ((a, b), dist) in enumerate(ordered):
-        (id_a, text_a), (id_b, text_b) = store.item(a), store.item(b)
+        (id_a, text_a), (id_b, text_b) = item_of[a], item_of[b]
         union.union(id_a, id_b)
         result_pairs.append(
             DuplicatePair(id_a, id_b, text_a, text_b, float(dist), None if probs is None else float(probs[n]))
@@ -270,5 +274,6 @@ def find_duplicates(
         key=len,
         reverse=True,
     )
-    texts = {member: store.text_of(member) for members in clusters for member in members}
+    text_of = dict(item_of.values())  # every cluster member is in a pair
+    texts = {member: text_of[member] for members in clusters for member in members}
     return DedupeResult(result_pairs, clusters, len(keys), float(radius), min_prob, texts)

@@ -9,7 +9,7 @@ never pickle, so a saved index cannot run code when loaded.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,10 @@ from metric_sim.errors import IndexLoadError, InvalidArgumentError, InvalidArgum
 from metric_sim.items import describe_item
 from metric_sim.layout import METADATA_FILE
 
-__all__ = ["ItemStore", "describe_items"]
+__all__ = ["ITEMS_TABLE", "ItemStore", "describe_items", "new_item_ids"]
+
+# The one table of store.sqlite (the saved schema; the disk-backed store works on the same).
+ITEMS_TABLE = "CREATE TABLE items (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL)"
 
 
 def describe_items(encoder: ItemEncoder | None, items: Any, name: str) -> tuple[list[Any], list[str]]:
@@ -38,8 +41,51 @@ def describe_items(encoder: ItemEncoder | None, items: Any, name: str) -> tuple[
     return checked, [describe_item(item) for item in checked]
 
 
+def new_item_ids(n_items: int, ids: Sequence[str | int] | None, next_key: int,
+                 stored_among: Callable[[list[str]], Container[str]]) -> list[str]:
+    """The ids ``n_items`` new items get (``ids`` as strings, or the next free keys as strings).
+
+    Refuses ids that are empty, repeated, already stored (``stored_among(new ids)`` holds
+    those of them the store has), or not one per item.
+    """
+    if ids is None:
+        new_ids = [str(next_key + i) for i in range(n_items)]
+    else:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+            raise InvalidArgumentTypeError(f"ids must be a list of str or int, got {type(ids).__name__}")
+        new_ids = []
+        for i, item_id in enumerate(ids):
+            if isinstance(item_id, bool) or not isinstance(item_id, (str, int, np.integer)):
+                raise InvalidArgumentTypeError(
+                    f"ids[{i}] must be a str or int, got {type(item_id).__name__} {item_id!r}"
+                )
+            if isinstance(item_id, str) and not item_id.strip():
+                raise InvalidArgumentError(f"ids[{i}] is empty")
+            new_ids.append(str(item_id))
+        if len(new_ids) != n_items:
+            raise InvalidArgumentError(
+                f"ids and texts must have the same length, got {len(new_ids)} and {n_items}"
+            )
+    stored = stored_among(new_ids)
+    seen: dict[str, int] = {}
+    for i, item_id in enumerate(new_ids):
+        if item_id in stored:
+            raise InvalidArgumentError(
+                f"ids[{i}] = {item_id!r} is already in the index (remove it first)"
+            )
+        if item_id in seen:
+            raise InvalidArgumentError(
+                f"ids[{i}] = {item_id!r} repeats ids[{seen[item_id]}]; ids must be unique"
+            )
+        seen[item_id] = i
+    return new_ids
+
+
 class ItemStore:
-    """Keys, ids and descriptions of the stored items, in insertion order."""
+    """Keys, ids and descriptions of the stored items, in insertion order (all in RAM)."""
+
+    kind = "memory"
+    ram_bytes_per_item: int | None = None  # Python objects: not known without measuring
 
     def __init__(self, next_key: int = 0) -> None:
         self._key_of: dict[str, int] = {}
@@ -79,36 +125,11 @@ class ItemStore:
 
         Refuses ids that are empty, repeated, already stored, or not one per item.
         """
-        if ids is None:
-            new_ids = [str(self.next_key + i) for i in range(n_items)]
-        else:
-            if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
-                raise InvalidArgumentTypeError(f"ids must be a list of str or int, got {type(ids).__name__}")
-            new_ids = []
-            for i, item_id in enumerate(ids):
-                if isinstance(item_id, bool) or not isinstance(item_id, (str, int, np.integer)):
-                    raise InvalidArgumentTypeError(
-                        f"ids[{i}] must be a str or int, got {type(item_id).__name__} {item_id!r}"
-                    )
-                if isinstance(item_id, str) and not item_id.strip():
-                    raise InvalidArgumentError(f"ids[{i}] is empty")
-                new_ids.append(str(item_id))
-            if len(new_ids) != n_items:
-                raise InvalidArgumentError(
-                    f"ids and texts must have the same length, got {len(new_ids)} and {n_items}"
-                )
-        seen: dict[str, int] = {}
-        for i, item_id in enumerate(new_ids):
-            if item_id in self._key_of:
-                raise InvalidArgumentError(
-                    f"ids[{i}] = {item_id!r} is already in the index (remove it first)"
-                )
-            if item_id in seen:
-                raise InvalidArgumentError(
-                    f"ids[{i}] = {item_id!r} repeats ids[{seen[item_id]}]; ids must be unique"
-                )
-            seen[item_id] = i
-        return new_ids
+        return new_item_ids(n_items, ids, self.next_key, lambda wanted: self._key_of)
+
+    def items_of(self, keys: Sequence[int] | np.ndarray) -> list[tuple[str, str]]:
+        """(id, description) of each of ``keys``, in that order."""
+        return [self._items[key] for key in (keys.tolist() if isinstance(keys, np.ndarray) else keys)]
 
     def next_keys(self, n_items: int) -> np.ndarray:
         """The keys the next ``n_items`` items will get (reserved by :meth:`insert`)."""
@@ -135,9 +156,7 @@ class ItemStore:
     def write_sqlite(self, path: Path) -> None:
         connection = sqlite3.connect(path)
         try:
-            connection.execute(
-                "CREATE TABLE items (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL)"
-            )
+            connection.execute(ITEMS_TABLE)
             connection.executemany(
                 "INSERT INTO items (key, id, text) VALUES (?, ?, ?)",
                 ((k, i, t) for k, (i, t) in self._items.items()),
