@@ -125,6 +125,8 @@ def test_layout_files_and_metadata(exported):
     canonical = json.dumps({k: v for k, v in TRAIN_CONFIG.items() if k != "run"}, sort_keys=True, separators=(",", ":"))
     assert meta["train_config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert meta["export"]["onnx"]["inputs"] == ["input_ids", "attention_mask"]
+    assert sorted(meta["export"]["onnx"]["optimizations"]) == ["fp32", "int8"]  # details: test_onnx_fusion.py
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.onnx", "model_int8.onnx"]
     # The staging folder was renamed into place: nothing else is left next to it.
     assert sorted(p.name for p in out.parent.iterdir()) == ["bundle", "run"]
 

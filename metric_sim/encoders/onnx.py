@@ -148,6 +148,8 @@ class OnnxEncoder(ItemEncoder):
         """Session on one .onnx file with a given tokenizer and ``metric_sim.json`` encoder settings."""
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
+        # ONNX Runtime's default today; explicit so a changed default cannot drop its fusions.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = require_positive_int("threads", threads)
         session = ort.InferenceSession(str(model_file), options, providers=list(providers or ["CPUExecutionProvider"]))
