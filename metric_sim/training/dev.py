@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
-from metric_sim.calibration import Calibrator
+from metric_sim.calibration import DEFAULT_FEATURE, Calibrator
 from metric_sim.data import PairDataset
 from metric_sim.distances import Metric, paired_distances_numpy
 from metric_sim.encoders.base import ItemEncoder
+from metric_sim.errors import CalibrationError
 from metric_sim.metrics import ranking_metrics
 from metric_sim.training.batches import prepare_pairs
 
@@ -71,3 +75,18 @@ def calibrated_metrics(distances: np.ndarray, labels: np.ndarray, calibrator: Ca
         "accuracy_at_threshold": float(accuracy_score(labels, predicted)),
         "f1_at_threshold": float(f1_score(labels, predicted, zero_division=0)),
     }
+
+
+def calibrate_on_dev(model: Any, distances: np.ndarray, labels: np.ndarray, *, role: str = "model",
+                     feature: str = DEFAULT_FEATURE) -> dict[str, Any]:
+    """Fit ``model.calibrator`` on the dev distances and return its in-sample figures.
+
+    A calibration that cannot be fitted leaves the model uncalibrated with a warning naming
+    ``role``: the trained weights are still a result worth inspecting.
+    """
+    try:
+        model.calibrator = Calibrator.fit(distances, labels, model.metric, fitted_on="dev", feature=feature)
+    except CalibrationError as exc:
+        logging.getLogger("metric_sim.training.run").warning("the %s is saved without a calibrator: %s", role, exc)
+        return {"calibration_error": str(exc)}
+    return calibrated_metrics(distances, labels, model.calibrator)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metric_sim.calibration import DEFAULT_FEATURE, Calibrator
+from metric_sim.calibration import DEFAULT_FEATURE
 from metric_sim.data import PairDataset
 from metric_sim.data.held_out import load_held_out_pairs
 from metric_sim.encoders.base import TrainableEncoder
-from metric_sim.errors import CalibrationError, ConfigError
+from metric_sim.errors import ConfigError
 from metric_sim.interpolation import (
     DEFAULT_ALPHAS,
     DEFAULT_TOLERANCE,
@@ -39,7 +39,7 @@ from metric_sim.layout import MODEL_DIR, MODEL_FINETUNED_DIR
 from metric_sim.metrics import ranking_metrics
 from metric_sim.model import SimilarityModel
 from metric_sim.training.config import TrainConfig
-from metric_sim.training.dev import calibrated_metrics
+from metric_sim.training.dev import calibrate_on_dev
 
 __all__ = ["SELECT_ON", "InterpolationStep", "prepare_interpolation"]
 
@@ -138,12 +138,7 @@ def _calibrate_on_dev(model: SimilarityModel, dev_data: PairDataset, batch_size:
     """Fit the model's calibrator on the dev pairs (as the fine-tuned model's was) and return its dev figures."""
     distances = model.distance(dev_data.texts_a, dev_data.texts_b, batch_size=batch_size)
     labels = dev_data.labels
-    try:
-        model.calibrator = Calibrator.fit(distances, labels, model.metric, fitted_on="dev", feature=feature)
-        calibration = calibrated_metrics(distances, labels, model.calibrator)
-    except CalibrationError as exc:  # as for the fine-tuned model: the weights are still worth keeping
-        logger.warning("the interpolated model is saved without a calibrator: %s", exc)
-        calibration = {"calibration_error": str(exc)}
+    calibration = calibrate_on_dev(model, distances, labels, role="interpolated model", feature=feature)
     return {**ranking_metrics(distances, labels), **calibration}
 
 

@@ -41,7 +41,7 @@ from metric_sim.distances import Metric
 from metric_sim.distributed import broadcast_object, is_main_process, quiet_replicas
 from metric_sim.encoders.base import TrainableEncoder
 from metric_sim.encoders.starting import MULTIMODAL_STARTING_POINT, encoder_from_start
-from metric_sim.errors import CalibrationError, TrainingError
+from metric_sim.errors import TrainingError
 from metric_sim.layout import (
     CHECKPOINT_DIR,
     METRICS_FILE,
@@ -56,7 +56,7 @@ from metric_sim.storage import package_versions, write_json_atomic
 from metric_sim.training.batches import PairCollator, PairRows, PreparedPairs, prepare_pairs
 from metric_sim.training.config import TrainConfig
 from metric_sim.training.data import add_hard_negatives, add_mix_pairs, load_training_data
-from metric_sim.training.dev import DevEvaluator, calibrated_metrics
+from metric_sim.training.dev import DevEvaluator, calibrate_on_dev
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
 from metric_sim.training.interpolate_step import InterpolationStep, prepare_interpolation
@@ -436,14 +436,7 @@ def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, 
     if distances is None:  # e.g. the best step was evaluated before a resume
         distances = similarity.distance(dev_data.texts_a, dev_data.texts_b, batch_size=config.eval_batch_size)
     dev_labels = dev_data.labels
-    calibration: dict[str, Any]
-    try:
-        similarity.calibrator = Calibrator.fit(distances, dev_labels, metric, fitted_on="dev")
-        calibration = calibrated_metrics(distances, dev_labels, similarity.calibrator)
-    except CalibrationError as exc:
-        # Keep the trained weights: an uncalibrated model is still a result worth inspecting.
-        logger.warning("the model is saved without a calibrator: %s", exc)
-        calibration = {"calibration_error": str(exc)}
+    calibration = calibrate_on_dev(similarity, distances, dev_labels)
     extra = {"training": {"loss": config.loss, "loss_params": metric_loss.params, "steps": trainer.state.global_step}}
     similarity.save(run_dir / (MODEL_DIR if interpolation is None else MODEL_FINETUNED_DIR), extra=extra)
     dev_metrics = {**ranking_metrics(distances, dev_labels),
