@@ -52,6 +52,7 @@ from metric_sim import (  # noqa: E402
     train,
 )
 from metric_sim.evaluation.out_of_domain import load_base_model  # noqa: E402
+from metric_sim.metrics import average_precision  # noqa: E402
 from metric_sim.interpolation import (  # noqa: E402
     DEFAULT_ALPHAS,
     DEFAULT_TOLERANCE,
@@ -78,12 +79,25 @@ def load_set(spec: str, quick: bool = False) -> Any:
 
 # ----------------------------------------------------------------------------- scoring
 class Scorer:
-    """Distances of a model on QQP dev (for the calibrator) and on every scored test set."""
+    """Distances of a model on QQP dev (for the calibrator), on every scored test set, and on the
+    dev-side sets (QQP dev and the guards) that choose the recipe."""
 
-    def __init__(self, task: Task, also: Sequence[str], batch_size: int = 64, quick: bool = False) -> None:
+    def __init__(self, task: Task, also: Sequence[str], guards: Sequence[str] = (), batch_size: int = 64,
+                 quick: bool = False) -> None:
         self.sets: dict[str, Any] = {"qqp:dev": task.dev, IN_DOMAIN: task.test,
                                      **{name: load_set(name, quick) for name in also}}
+        self.guards: dict[str, Any] = {name: load_set(name, quick) for name in guards}
         self.batch_size = batch_size
+
+    def dev_aps(self, model: SimilarityModel) -> dict[str, float]:
+        """AP of the raw distance on QQP dev and each guard set: the figures ``choose_alpha`` ranks by."""
+        sets = {"qqp:dev": self.sets["qqp:dev"], **self.guards}
+        all_a = [t for pairs in sets.values() for t in pairs.texts_a]
+        all_b = [t for pairs in sets.values() for t in pairs.texts_b]
+        bounds = np.cumsum([0] + [len(pairs) for pairs in sets.values()])
+        d = model.pair_distances(model.embed_pairs(all_a, all_b, batch_size=self.batch_size))
+        return {name: average_precision(d[bounds[i]:bounds[i + 1]], np.asarray(pairs.labels))
+                for i, (name, pairs) in enumerate(sets.items())}
 
     def distances(self, model: SimilarityModel, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(names or self.sets)
@@ -162,10 +176,25 @@ def test_curve(model: SimilarityModel, folder: Path, scorer: Scorer, alphas: Seq
     return rows
 
 
+def _with_dev_aps(record: dict[str, Any], scorer: Scorer, model: Any, cache: Path) -> dict[str, Any]:
+    """Add the dev-side APs to a cell (older caches lack them); WiSE-FT's come from its alpha table."""
+    if "dev_ap" in record:
+        return record
+    choice = record.get("alpha_choice")
+    if choice is not None:
+        chosen = next(row for row in choice["table"] if row["alpha"] == choice["alpha"])
+        record["dev_ap"] = {"qqp:dev": chosen["in_domain_ap"], **chosen["guard_ap"]}
+    else:
+        record["dev_ap"] = scorer.dev_aps(model())
+    write_json(cache, record)
+    return record
+
+
 def score_cell(task: Task, scorer: Scorer, method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     cache = args.work / "outputs" / f"{method}@s{seed}.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        record = json.loads(cache.read_text())
+        return _with_dev_aps(record, scorer, lambda: trained_model(task, method, seed, args)[0], cache)
     model, folder, train_s = trained_model(task, method, seed, args)
     record: dict[str, Any] = {"method": method, "seed": seed, "run": str(folder), "train_s": train_s}
     if method == "wiseft":
@@ -173,20 +202,22 @@ def score_cell(task: Task, scorer: Scorer, method: str, seed: int, args: argpars
             record["test_curve"] = test_curve(model, folder, scorer, args.curve_alphas)
         model, record["alpha_choice"] = wiseft(model, folder, task, args)
     record["figures"] = scorer.figures(scorer.distances(model), model.metric)
-    write_json(cache, record)
-    return record
+    return _with_dev_aps(record, scorer, lambda: model, cache)
 
 
 def zero_shot(task: Task, scorer: Scorer, args: argparse.Namespace) -> dict[str, Any]:
     cache = args.work / "outputs" / "zero_shot.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
     # The base exactly as the interpolation rebuilds it (alpha 0), from a fine-tuned run's record.
     folder = run_dir(args.work, "finetune", args.seeds[0], args)
-    model, _ = load_base_model(folder, SimilarityModel.from_pretrained(folder / "model"))
+
+    def base_model() -> SimilarityModel:
+        return load_base_model(folder, SimilarityModel.from_pretrained(folder / "model"))[0]
+
+    if cache.is_file():
+        return _with_dev_aps(json.loads(cache.read_text()), scorer, base_model, cache)
+    model = base_model()
     record = {"method": "zero_shot", "figures": scorer.figures(scorer.distances(model), model.metric)}
-    write_json(cache, record)
-    return record
+    return _with_dev_aps(record, scorer, lambda: model, cache)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -205,6 +236,7 @@ def summarize(cells: Mapping[str, list[dict[str, Any]]], base: dict[str, Any], a
         ece = [r["figures"][IN_DOMAIN]["ece"] for r in records]
         gap = [r["figures"][IN_DOMAIN]["best_accuracy_in_sample"] - r["figures"][IN_DOMAIN]["accuracy"] for r in records]
         row["qqp_test_ece"], row["qqp_acc_gap_to_in_sample"] = mean_std(ece)[0], mean_std(gap)[0]
+        row["dev_ap"] = {name: mean_std([r["dev_ap"][name] for r in records])[0] for name in records[0]["dev_ap"]}
         if method == "wiseft":
             row["alphas"] = [r["alpha_choice"]["alpha"] for r in records]
             row["guard_met"] = [r["alpha_choice"]["guard_met"] for r in records]
@@ -218,6 +250,31 @@ def summarize(cells: Mapping[str, list[dict[str, Any]]], base: dict[str, Any], a
                        "trained_on": trained_on.get(method)}
         row["meets_all"] = bool(row["bars"]["in_domain_within_0.005_of_finetune"]) and all(ood.values()) and row["bars"]["qqp_ece_at_most_0.02"]
     return summary
+
+
+def choose_method(summary: Mapping[str, Any], base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe's method, chosen on dev only, by WiSE-FT's alpha rule applied across methods.
+
+    A method *passes* when its mean raw-distance AP on every guard set (dev-side pairs of the
+    other data sets) is at least zero-shot's minus ``--tolerance``; a guard drawn from the data a
+    method trains on does not count for it. Among the passing methods the highest mean QQP dev AP
+    wins; zero-shot always passes, so "none" means every method forgets on some guard set.
+    """
+    trained_on = {"mix": args.mix.split(":")[0]}
+    floor = {name: ap - args.tolerance for name, ap in base["dev_ap"].items() if name != "qqp:dev"}
+    rows = []
+    for method, row in summary.items():
+        guards = {name: ap for name, ap in row["dev_ap"].items()
+                  if name != "qqp:dev" and not name.startswith(trained_on.get(method, "\0") + ":")}
+        failing = sorted(name for name, ap in guards.items() if ap < floor[name])
+        rows.append({"method": method, "seeds": row["seeds"], "qqp_dev_ap": row["dev_ap"]["qqp:dev"], "guard_ap": guards,
+                     "passes": not failing, "fails_on": failing})
+    passing = [r for r in rows if r["passes"]]
+    chosen = max(passing, key=lambda r: r["qqp_dev_ap"]) if passing else None
+    return {"rule": f"highest mean QQP dev AP among methods whose mean AP on every guard set ({', '.join(floor)}) is at "
+                    f"least zero-shot's minus {args.tolerance:g}; guards from a method's own training data excluded",
+            "floor": floor, "zero_shot_qqp_dev_ap": base["dev_ap"]["qqp:dev"], "table": rows,
+            "chosen": None if chosen is None else chosen["method"]}
 
 
 def _ap(mean: float | None, sd: float | None) -> str:
@@ -237,6 +294,16 @@ def markdown(summary: Mapping[str, Any], base: dict[str, Any], cells: Mapping[st
             cells_.append(f"{_ap(f['ap_mean'], f['ap_sd'])} ({f['delta_vs_zero_shot']:+.4f}){mark}")
         rows.append([method, " ".join(str(seed) for seed in row["seeds"]), *cells_, f"{row['qqp_test_ece']:.4f}", "yes" if row["meets_all"] else "no"])
     lines = [markdown_table(header, rows), ""]
+    choice = choose_method(summary, base, args)
+    lines += [f"Dev-side figures (raw-distance AP, mean over the seeds), which choose the recipe: {choice['rule']}.", ""]
+    dev_rows = [["zero-shot", "–", f"{choice['zero_shot_qqp_dev_ap']:.4f}",
+                 ", ".join(f"{k} {v:.4f}" for k, v in base["dev_ap"].items() if k != "qqp:dev"), "–"]]
+    for r in choice["table"]:
+        dev_rows.append([r["method"], " ".join(str(seed) for seed in r["seeds"]), f"{r['qqp_dev_ap']:.4f}",
+                         ", ".join(f"{k} {v:.4f}" for k, v in r["guard_ap"].items()),
+                         "yes" if r["passes"] else "no: " + ", ".join(r["fails_on"])])
+    lines += [markdown_table(["method", "seeds", "QQP dev AP", "guard AP", "guard met"], dev_rows), "",
+              f"Chosen on dev: **{choice['chosen'] or 'none (every method fails a guard)'}**.", ""]
     if "wiseft" in cells:
         lines += ["WiSE-FT alpha chosen on dev per seed (guards: " + ", ".join(args.guard) + f", tolerance {args.tolerance:g}):", ""]
         alpha_rows = []
@@ -322,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--guard {bad[0]!r}: alpha is chosen on held-out pairs, never on a test split")
 
     task = load_task("qqp", quick=args.quick)
-    scorer = Scorer(task, args.also, quick=args.quick)
+    scorer = Scorer(task, args.also, args.guard, quick=args.quick)
     cells: dict[str, list[dict[str, Any]]] = {}
     for method in args.methods:
         for seed in args.seeds[:1] if method in args.one_seed else args.seeds:
@@ -336,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"environment": environment(), "lr": args.lr, "seeds": args.seeds, "also": args.also,
                                "guard": args.guard, "tolerance": args.tolerance, "zero_shot": base, "summary": summary,
-                               "cells": cells})
+                               "choice_on_dev": choose_method(summary, base, args), "cells": cells})
     if args.markdown:
         args.markdown.write_text(text + "\n")
     if args.plot:

@@ -21,8 +21,14 @@ def _figures(aps: dict[str, float], ece: float = 0.01) -> dict[str, dict[str, fl
                    "ece": ece} for name, ap in aps.items()}
 
 
-def _cell(method: str, seed: int, qqp: float, stsb: float, mrpc: float, ece: float = 0.01) -> dict:
-    cell = {"method": method, "seed": seed, "figures": _figures({"qqp:test": qqp, "stsb:test": stsb, "mrpc:test": mrpc}, ece)}
+def _dev(qqp: float = 0.83, stsb: float = 0.90, mrpc: float = 0.83) -> dict[str, float]:
+    return {"qqp:dev": qqp, "stsb:dev": stsb, "mrpc:train": mrpc}
+
+
+def _cell(method: str, seed: int, qqp: float, stsb: float, mrpc: float, ece: float = 0.01,
+          dev: dict[str, float] | None = None) -> dict:
+    cell = {"method": method, "seed": seed, "figures": _figures({"qqp:test": qqp, "stsb:test": stsb, "mrpc:test": mrpc}, ece),
+            "dev_ap": dev or _dev()}
     if method == "wiseft":
         cell["alpha_choice"] = {"alpha": 0.7, "guard_met": True}
     return cell
@@ -30,11 +36,11 @@ def _cell(method: str, seed: int, qqp: float, stsb: float, mrpc: float, ece: flo
 
 @pytest.fixture
 def args() -> argparse.Namespace:
-    return argparse.Namespace(also=["stsb:test", "mrpc:test"], mix="stsb:train:0.25")
+    return argparse.Namespace(also=["stsb:test", "mrpc:test"], mix="stsb:train:0.25", tolerance=0.005)
 
 
 def test_bars_follow_the_issue_tolerances(args):
-    base = {"figures": _figures({"qqp:test": 0.77, "stsb:test": 0.91, "mrpc:test": 0.84})}
+    base = {"figures": _figures({"qqp:test": 0.77, "stsb:test": 0.91, "mrpc:test": 0.84}), "dev_ap": _dev(0.76)}
     cells = {
         # fine-tune: 0.84 in domain, loses 0.012 on MRPC (beyond the 0.005 tolerance)
         "finetune": [_cell("finetune", 0, 0.84, 0.93, 0.828), _cell("finetune", 1, 0.84, 0.93, 0.828)],
@@ -63,3 +69,31 @@ def test_guard_on_a_test_split_is_refused(capsys):
         forgetting.main(["--work", "/nonexistent", "--guard", "stsb:test"])
     assert exc.value.code == 2
     assert "never on a test split" in capsys.readouterr().err
+
+
+def test_method_is_chosen_on_dev_guards_never_on_test(args):
+    base = {"figures": _figures({"qqp:test": 0.77, "stsb:test": 0.91, "mrpc:test": 0.84}),
+            "dev_ap": _dev(qqp=0.76, stsb=0.90, mrpc=0.83)}
+    # Test figures say the opposite of dev on purpose: the choice must follow dev.
+    cells = {
+        # best QQP dev AP, but MRPC dev 0.006 below zero-shot (beyond the tolerance, averaged over seeds)
+        "finetune": [_cell("finetune", 0, 0.80, 0.93, 0.84, dev=_dev(0.840, 0.91, 0.823)),
+                     _cell("finetune", 1, 0.80, 0.93, 0.84, dev=_dev(0.840, 0.91, 0.825))],
+        # passes (MRPC dev 0.004 below: inside), second-best QQP dev AP
+        "freeze": [_cell("freeze", 0, 0.85, 0.93, 0.80, dev=_dev(0.835, 0.91, 0.826))],
+        # trained on STS-B: its STS-B dev loss is not counted; passes, but lower QQP dev AP than freeze
+        "mix": [_cell("mix", 0, 0.86, 0.80, 0.84, dev=_dev(0.830, 0.70, 0.84))],
+    }
+    summary = forgetting.summarize(cells, base, args)
+    assert summary["finetune"]["dev_ap"]["mrpc:train"] == pytest.approx(0.824)
+    choice = forgetting.choose_method(summary, base, args)
+    table = {r["method"]: r for r in choice["table"]}
+    assert table["finetune"]["fails_on"] == ["mrpc:train"] and not table["finetune"]["passes"]
+    assert table["mix"]["passes"] and "stsb:dev" not in table["mix"]["guard_ap"]
+    assert choice["floor"] == pytest.approx({"stsb:dev": 0.895, "mrpc:train": 0.825})
+    assert choice["chosen"] == "freeze"
+    assert "Chosen on dev: **freeze**" in forgetting.markdown(summary, base, cells, args)
+    # every method forgetting somewhere: nothing is chosen, and the table says why
+    cells["freeze"][0]["dev_ap"]["mrpc:train"] = cells["mix"][0]["dev_ap"]["mrpc:train"] = 0.80
+    choice = forgetting.choose_method(forgetting.summarize(cells, base, args), base, args)
+    assert choice["chosen"] is None and all(r["fails_on"] == ["mrpc:train"] for r in choice["table"])
