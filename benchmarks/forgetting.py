@@ -52,13 +52,13 @@ from metric_sim import (  # noqa: E402
     train,
 )
 from metric_sim.evaluation.out_of_domain import load_base_model  # noqa: E402
-from metric_sim.metrics import average_precision  # noqa: E402
 from metric_sim.interpolation import (  # noqa: E402
     DEFAULT_ALPHAS,
     DEFAULT_TOLERANCE,
     choose_alpha,
     interpolate_weights,
 )
+from metric_sim.metrics import average_precision  # noqa: E402
 
 logger = logging.getLogger("forgetting")
 
