@@ -49,6 +49,7 @@ from metric_sim import (  # noqa: E402
     expected_calibration_error,
     load_preset,
     pair_metrics,
+    pair_set_distances,
     train,
 )
 from metric_sim.evaluation.out_of_domain import load_base_model  # noqa: E402
@@ -92,21 +93,11 @@ class Scorer:
     def dev_aps(self, model: SimilarityModel) -> dict[str, float]:
         """AP of the raw distance on QQP dev and each guard set: the figures ``choose_alpha`` ranks by."""
         sets = {"qqp:dev": self.sets["qqp:dev"], **self.guards}
-        all_a = [t for pairs in sets.values() for t in pairs.texts_a]
-        all_b = [t for pairs in sets.values() for t in pairs.texts_b]
-        bounds = np.cumsum([0] + [len(pairs) for pairs in sets.values()])
-        d = model.pair_distances(model.embed_pairs(all_a, all_b, batch_size=self.batch_size))
-        return {name: average_precision(d[bounds[i]:bounds[i + 1]], np.asarray(pairs.labels))
-                for i, (name, pairs) in enumerate(sets.items())}
+        distances = pair_set_distances(model, sets, batch_size=self.batch_size)
+        return {name: average_precision(distances[name], np.asarray(pairs.labels)) for name, pairs in sets.items()}
 
     def distances(self, model: SimilarityModel, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        names = list(names or self.sets)
-        # One concatenated pair list: embed_pairs encodes each distinct text once.
-        all_a = [t for n in names for t in self.sets[n].texts_a]
-        all_b = [t for n in names for t in self.sets[n].texts_b]
-        bounds = np.cumsum([0] + [len(self.sets[n]) for n in names])
-        d = model.pair_distances(model.embed_pairs(all_a, all_b, batch_size=self.batch_size))
-        return {n: d[bounds[i]:bounds[i + 1]] for i, n in enumerate(names)}
+        return pair_set_distances(model, {n: self.sets[n] for n in names or self.sets}, batch_size=self.batch_size)
 
     def figures(self, distances: Mapping[str, np.ndarray], metric: Any) -> dict[str, dict[str, float]]:
         calibrator = Calibrator.fit(distances["qqp:dev"], self.sets["qqp:dev"].labels, metric, fitted_on="qqp:dev")

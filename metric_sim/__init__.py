@@ -103,6 +103,7 @@ _EXPORTS: dict[str, str] = {
     "mine_hard_negatives": "metric_sim.mining",
     "PairEmbeddings": "metric_sim.model",
     "SimilarityModel": "metric_sim.model",
+    "pair_set_distances": "metric_sim.model",
     "TrainConfig": "metric_sim.training.config",
     "DemoResult": "metric_sim.training.demo",
     "fine_tune_demo": "metric_sim.training.demo",
@@ -215,6 +216,7 @@ __all__ = [
     "load_preset",
     "mine_hard_negatives",
     "pair_metrics",
+    "pair_set_distances",
     "paired_distances_numpy",
     "paired_distances_torch",
     "pml_distance",
@@ -390,6 +392,7 @@ if TYPE_CHECKING:
     from metric_sim.model import (
         PairEmbeddings,
         SimilarityModel,
+        pair_set_distances,
     )
     from metric_sim.training.config import (
         TrainConfig,

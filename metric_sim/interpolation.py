@@ -34,7 +34,7 @@ from metric_sim.calibration import DEFAULT_FEATURE
 from metric_sim.encoders.base import TrainableEncoder
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.metrics import average_precision
-from metric_sim.model import SimilarityModel
+from metric_sim.model import SimilarityModel, pair_set_distances
 from metric_sim.validation import require_probability
 
 __all__ = [
@@ -413,22 +413,17 @@ def choose_alpha(
         raise InvalidArgumentError(f"guard_sets must be a non-empty mapping of set name -> PairDataset, got {guard_sets!r}")
     if not all(isinstance(name, str) and name for name in guard_sets):
         raise InvalidArgumentError(f"guard set names must be non-empty strings, got {list(guard_sets)}")
-    sets = [in_domain_dev, *guard_sets.values()]
-    labels = [_scorable_labels(name, pairs) for name, pairs in
-              zip(["in_domain_dev", *(f"guard_sets[{n!r}]" for n in guard_sets)], sets, strict=True)]
-    # One concatenated pair list: embed_pairs encodes the union of every set's items once.
-    all_a = [item for pairs in sets for item in pairs.texts_a]
-    all_b = [item for pairs in sets for item in pairs.texts_b]
-    bounds = np.cumsum([0] + [len(y) for y in labels])
+    # Keyed by the name each set has in errors; the guard names cannot collide with "in_domain_dev".
+    sets = {"in_domain_dev": in_domain_dev, **{f"guard_sets[{n!r}]": pairs for n, pairs in guard_sets.items()}}
+    labels = {name: _scorable_labels(name, pairs) for name, pairs in sets.items()}
     rows = []
     for alpha in grid:
         encoder, kept = _mixed_encoder(finetuned, base_encoder, alpha)
         if not rows:
             _warn_once(finetuned, base_encoder, kept)
         model = SimilarityModel(encoder, finetuned_model.metric)
-        distances = model.pair_distances(model.embed_pairs(all_a, all_b, batch_size=batch_size,
-                                                           show_progress=show_progress))
-        aps = [average_precision(distances[bounds[i]:bounds[i + 1]], y) for i, y in enumerate(labels)]
+        distances = pair_set_distances(model, sets, batch_size=batch_size, show_progress=show_progress)
+        aps = [average_precision(distances[name], y) for name, y in labels.items()]
         rows.append({"alpha": alpha, "in_domain_ap": aps[0], "guard_ap": dict(zip(guard_sets, aps[1:], strict=True))})
         logger.info("alpha %g: in-domain AP %.4f, guard AP %s", alpha, aps[0], ", ".join(f"{a:.4f}" for a in aps[1:]))
     return select_alpha(rows, tolerance)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,8 @@ from metric_sim.schema import SavedFields, read_json_file
 from metric_sim.storage import write_json_atomic
 from metric_sim.validation import require_same_length
 
-__all__ = ["BACKENDS", "PairEmbeddings", "SimilarityModel", "read_model_config", "saved_calibrator",
-           "saved_weight_interpolation"]
+__all__ = ["BACKENDS", "PairEmbeddings", "SimilarityModel", "pair_set_distances", "read_model_config",
+           "saved_calibrator", "saved_weight_interpolation"]
 
 METRIC_NAMES = tuple(m.value for m in Metric)
 
@@ -338,3 +338,46 @@ class SimilarityModel:
         self.calibrator = self.fit_calibrator(pairs, fitted_on=fitted_on, batch_size=batch_size,
                                               show_progress=show_progress, feature=feature)
         return self.calibrator
+
+
+def _pair_sides(model: SimilarityModel, name: str, pairs: Any) -> tuple[list[Any], list[Any]]:
+    """Both sides of one named set, checked here so that an error names the set, not a row of the union."""
+    if hasattr(pairs, "texts_a") and hasattr(pairs, "texts_b"):
+        side_a, side_b = pairs.texts_a, pairs.texts_b
+    elif isinstance(pairs, (tuple, list)) and len(pairs) == 2:
+        side_a, side_b = pairs
+    else:
+        raise InvalidArgumentTypeError(f"sets[{name!r}] must be a PairDataset (texts_a, texts_b) or a "
+                                       f"(texts_a, texts_b) pair of lists, got {type(pairs).__name__}")
+    items_a = model.encoder.check_items(side_a, f"sets[{name!r}].texts_a")
+    items_b = model.encoder.check_items(side_b, f"sets[{name!r}].texts_b")
+    require_same_length(f"sets[{name!r}].texts_a", items_a, f"sets[{name!r}].texts_b", items_b)
+    return items_a, items_b
+
+
+def pair_set_distances(model: SimilarityModel, sets: Mapping[str, Any], *, batch_size: int = 64,
+                       show_progress: bool = False) -> dict[str, np.ndarray]:
+    """``{name: d(a[i], b[i])}`` for several named pair sets, each distinct item of all of them encoded once.
+
+    A set is a ``PairDataset`` (anything with ``texts_a`` and ``texts_b``) or a
+    ``(texts_a, texts_b)`` pair of item lists. The sets are scored as one concatenated pair
+    list through :meth:`SimilarityModel.embed_pairs`, so an item shared by several sets is
+    encoded once, and the distances are cut back per set: float32 arrays (views of one array)
+    in the mapping's order, each as long as its set (an empty set gives an empty array).
+    They equal ``model.distance(a, b)`` of each set on its own up to the last bit: batches
+    of the union are cut differently, which can move a vector's last bit (with
+    ``batch_size=1`` they are equal bit for bit).
+    """
+    if not isinstance(model, SimilarityModel):
+        raise InvalidArgumentTypeError(f"model must be a SimilarityModel, got {type(model).__name__}")
+    if not isinstance(sets, Mapping):
+        raise InvalidArgumentTypeError(f"sets must be a mapping of set name -> pairs, got {type(sets).__name__}")
+    sides = {name: _pair_sides(model, name, pairs) for name, pairs in sets.items()}
+    bounds = np.cumsum([0] + [len(a) for a, _ in sides.values()])
+    if bounds[-1] == 0:  # nothing to encode (an encoder need not accept an empty batch)
+        return {name: np.empty(0, dtype=np.float32) for name in sides}
+    all_a = [item for a, _ in sides.values() for item in a]
+    all_b = [item for _, b in sides.values() for item in b]
+    distances = model.pair_distances(model.embed_pairs(all_a, all_b, batch_size=batch_size,
+                                                       show_progress=show_progress))
+    return {name: distances[bounds[i]:bounds[i + 1]] for i, name in enumerate(sides)}

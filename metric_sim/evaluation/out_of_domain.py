@@ -30,7 +30,7 @@ from metric_sim.errors import (
 )
 from metric_sim.layout import MODEL_DIR, TRAIN_CONFIG_FILE, resolve_model_source
 from metric_sim.metrics import calibration_metrics, pair_metrics
-from metric_sim.model import SimilarityModel
+from metric_sim.model import SimilarityModel, pair_set_distances
 from metric_sim.schema import SavedFields, read_json_file
 
 __all__ = [
@@ -197,16 +197,10 @@ def out_of_domain_report(
     scored_model, model_origin = _calibrated(model, "model", calibration_pairs, calibration_name, batch_size, show_progress)
     scored_base, base_origin = _calibrated(base_model, "base model", calibration_pairs, calibration_name, batch_size, show_progress)
 
-    # One concatenated pair list: embed_pairs encodes the union of every set's items once.
-    names = list(datasets)
-    all_a = [item for name in names for item in datasets[name].texts_a]
-    all_b = [item for name in names for item in datasets[name].texts_b]
-    bounds = np.cumsum([0] + [len(datasets[name]) for name in names])
     distances = {}
     for role, scored in (("model", scored_model), ("base", scored_base)):
-        logger.info("out-of-domain: %s encoding %d pairs of %d sets", role, len(all_a), len(names))
-        embedded = scored.embed_pairs(all_a, all_b, batch_size=batch_size, show_progress=show_progress)
-        distances[role] = scored.pair_distances(embedded)
+        logger.info("out-of-domain: %s encoding %d pairs of %d sets", role, sum(map(len, datasets.values())), len(datasets))
+        distances[role] = pair_set_distances(scored, datasets, batch_size=batch_size, show_progress=show_progress)
 
     report: dict[str, Any] = {
         BASE_MODEL_KEY: {
@@ -218,12 +212,10 @@ def out_of_domain_report(
             "model_calibrator": {**scored_model.calibrator.to_dict(), "origin": model_origin},
         }
     }
-    for i, name in enumerate(names):
-        pairs = datasets[name]
+    for name, pairs in datasets.items():
         labels = np.asarray(pairs.labels)
-        span = slice(int(bounds[i]), int(bounds[i + 1]))
-        model_figures = _model_figures(distances["model"][span], labels, scored_model.calibrator)
-        base_figures = _model_figures(distances["base"][span], labels, scored_base.calibrator)
+        model_figures = _model_figures(distances["model"][name], labels, scored_model.calibrator)
+        base_figures = _model_figures(distances["base"][name], labels, scored_base.calibrator)
         report[name] = {
             "source": str(pairs.report.source),
             "pairs": len(pairs),
