@@ -258,6 +258,14 @@ def render_model_card(
                 f"max abs difference from PyTorch on sample texts {info['max_abs_diff_vs_torch']:.2e}"
             )
         card.append(f"- opset {onnx_meta['opset']}; dynamic batch and sequence axes; pooling and normalisation are inside the graph")
+        fusion = (onnx_meta.get("optimizations") or {}).get("fp32") or {}
+        if fusion.get("applied"):
+            # Users of other ONNX runtimes (onnx reference, TensorRT, web runtimes) would otherwise learn it from a load error.
+            ops = ", ".join(fusion.get("fused_ops") or {}) or "fused"
+            card.append(
+                f"- `{ONNX_DIR}/{ONNX_FP32}` is fused for ONNX Runtime: its {ops} nodes are `com.microsoft` contrib ops, "
+                "so it runs in ONNX Runtime only, not in other ONNX runtimes"
+            )
     card += ["", "## Usage", ""]
     for runtime, code in snippets.items():
         card += [f"### {runtime}", "", "```python", code, "```", ""]
