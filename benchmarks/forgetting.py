@@ -60,6 +60,7 @@ from metric_sim.interpolation import (  # noqa: E402
     interpolate_weights,
 )
 from metric_sim.metrics import average_precision  # noqa: E402
+from metric_sim.storage import atomic_file  # noqa: E402
 
 logger = logging.getLogger("forgetting")
 
@@ -344,11 +345,9 @@ def plot(summary: Mapping[str, Any], base: dict[str, Any], cells: Mapping[str, l
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Fine-tuning on QQP: in-domain against out-of-domain test AP (dashed: zero-shot − 0.005; dotted: fine-tune − 0.005)", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -396,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "guard": args.guard, "tolerance": args.tolerance, "zero_shot": base, "summary": summary,
                                "choice_on_dev": choose_method(summary, base, args), "cells": cells})
     if args.markdown:
-        args.markdown.write_text(text + "\n")
+        with atomic_file(args.markdown) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
     if args.plot:
         plot(summary, base, cells, args, args.plot)
     return 0

@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, markdown_table, write_json  # noqa: E402
 from speed import interleaved_order, peak_rss_mib, recall_at_k, summarise  # noqa: E402
 
+from metric_sim.storage import atomic_file  # noqa: E402
+
 K = 10
 GOAL_RECALL, GOAL_SPEEDUP, GOAL_BYTES = 0.95, 10.0, 64
 CHUNK = 65536  # rows of copies per seeded generator
@@ -339,11 +341,9 @@ def plot_latency(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Pa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -448,11 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         log(f"wrote {write_json(args.json, report)}")
     if args.markdown:
-        path = Path(args.markdown)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_name(f".{path.name}.tmp").write_text(text, encoding="utf-8")
-        os.replace(path.with_name(f".{path.name}.tmp"), path)
-        log(f"wrote {path}")
+        with atomic_file(args.markdown) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        log(f"wrote {args.markdown}")
     if args.plot:
         log(f"wrote {plot_latency(report['rows'], args.plot)}")
     return 0
