@@ -117,7 +117,11 @@ def _subsample(data: PairDataset, n: int, seed: int) -> PairDataset:
 
 def load_task(name: str, *, quick: bool = False) -> Task:
     """Train/dev/test of a task, formed exactly as its recipe forms train/dev (test: held out)."""
-    config = TrainConfig.from_yaml(RECIPES / TASKS[name])
+    # The task's own pairs only: the peers train on nothing else, so the recipe's robust fine-tuning
+    # options (mixed-in pairs, frozen layers, L2-SP, weight interpolation) are switched off here;
+    # forgetting.py measures them on top of this plain fine-tune.
+    config = TrainConfig.from_yaml(RECIPES / TASKS[name]).replace(mix_pairs=[], freeze_layers=0, l2sp_weight=0.0,
+                                                                   interpolate=None)
     low_high = {"low": config.score_low, "high": config.score_high} if config.preset in ("stsb", "sick") else {}
     train_data = load_preset(config.preset, split="train", **low_high)
     if config.dev_split:
