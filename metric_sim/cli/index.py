@@ -106,9 +106,14 @@ def _compressed_line(info: dict[str, Any]) -> str | None:
     stats = info.get("compressed")
     if stats is None:
         return None
-    recall = stats["recall"]
-    measured = "not measured" if recall is None else (
-        f"recall@10 {recall['recall_at_10']:.3f} against exact search ({recall['queries']} queries, {recall['items']:,} items)")
+    recall, status = stats["recall"], info["recall"]
+    if recall is None:
+        measured = "not measured"
+    elif status["stale"]:  # adds or removals since the measurement: the figure describes another index
+        measured = f"stale: {status['note']}"
+    else:
+        measured = (f"recall@10 {recall['recall_at_10']:.3f} against exact search "
+                    f"({recall['queries']} queries, {recall['items']:,} items)")
     store = info["store"]
     whole = "" if info["ram_bytes_per_item"] is None else (
         f", {info['ram_bytes_per_item']} with the {store['kind']} store's keys (ids and descriptions on disk)")

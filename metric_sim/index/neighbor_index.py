@@ -177,7 +177,8 @@ class NeighborIndex:
     def measure_recall(self, queries: int = compressed.RECALL_QUERIES, seed: int = compressed.RECALL_SEED) -> float:
         """Recall@10 of :meth:`search_embeddings` against exact search, ``queries`` stored vectors
         (drawn with ``seed``) as queries, each leaving itself out. Compressed kinds record it
-        (measured once when trained; call again after many adds or removals)."""
+        (measured once when trained; call again after many adds or removals, which :meth:`info`
+        reports as ``recall.stale``)."""
         measured = compressed.measure_recall(self._vectors, self._store, queries=queries, seed=seed)
         if self._vectors.compressed:
             self._vectors.recall = measured
@@ -187,7 +188,11 @@ class NeighborIndex:
         """Kind, metric, dimension, item count and parameters; for the compressed kinds also the
         RAM bytes per item (codes + int64 ids), the vector file, the recorded recall@10, the item
         store (``sqlite``: ids and descriptions on disk, int64 keys in RAM) and the RAM bytes per
-        item of the whole index (codes + ids + the store's keys), from sizes, not measured."""
+        item of the whole index (codes + ids + the store's keys), from sizes, not measured.
+
+        ``recall`` (compressed kinds, None until measured) sets the recorded recall@10 next to the
+        item count it was measured at: ``stale`` once adds or removals changed the count since, with
+        a ``note`` saying so (adds do not measure it again: :meth:`measure_recall` does)."""
         found: dict[str, Any] = {"kind": self.kind, "metric": self.metric.value, "dim": self.dim,
                                  "items": len(self), "params": dict(self.params)}
         if self._vectors.compressed:
@@ -200,6 +205,7 @@ class NeighborIndex:
                               "file": None if store_file is None else str(store_file)}
             parts = (stats["ram_bytes_per_item"], self._store.ram_bytes_per_item)
             found["ram_bytes_per_item"] = None if None in parts else sum(parts)  # type: ignore[arg-type]
+            found["recall"] = _recall_status(stats["recall"], len(self))
         return found
 
     def remove(self, ids: Sequence[str | int]) -> int:
@@ -344,3 +350,16 @@ class NeighborIndex:
         model_link.check_fingerprint(model, self.encoder_fingerprint, where=source)
         self.model = model
         self.calibrator = model_link.preferred_calibrator(model.calibrator, self.calibrator)
+
+
+def _recall_status(recorded: dict[str, Any] | None, items: int) -> dict[str, Any] | None:
+    """The recorded recall@10 and the item count it describes; stale when the index holds another count."""
+    if recorded is None:
+        return None
+    measured_at = int(recorded["items"])
+    stale = measured_at != items
+    note = (f"recall@10 {float(recorded['recall_at_10']):.3f} was measured at {measured_at:,} items; the index now "
+            f"holds {items:,}: call NeighborIndex.measure_recall() (then save()) to measure it again"
+            if stale else None)
+    return {"recall_at_10": float(recorded["recall_at_10"]), "measured_at_items": measured_at, "items": items,
+            "stale": stale, "note": note}
