@@ -165,7 +165,7 @@ def test_recipe_run_keeps_the_recipe_and_pins_seed_steps_and_the_scored_model():
               "logging_steps": 1, "save_total_limit": 1, "dataloader_num_workers": 0, "report_to": "none"}
     assert run.config == recipe.replace(**pinned)
     assert (run.recipe, run.threads) == ("quora_duplicates", 2)
-    assert recipe.learning_rate == 5e-5 and recipe.loss == "online_contrastive"  # the recipe, not the defaults
+    assert recipe.learning_rate == 1e-4 and recipe.mix_pairs and recipe.loss == "online_contrastive"  # not the defaults
 
 
 def test_recipe_digest_ignores_comments_and_sees_settings(tmp_path):
@@ -173,7 +173,8 @@ def test_recipe_digest_ignores_comments_and_sees_settings(tmp_path):
     base = qr.recipe_run().recipe_sha256
     (tmp_path / "quora_duplicates.yaml").write_text("# another comment\n" + text)
     assert qr.recipe_run(tmp_path / "quora_duplicates.yaml").recipe_sha256 == base
-    (tmp_path / "quora_duplicates.yaml").write_text(text.replace("learning_rate: 5.0e-5", "learning_rate: 6.0e-5"))
+    assert "learning_rate: 1.0e-4" in text
+    (tmp_path / "quora_duplicates.yaml").write_text(text.replace("learning_rate: 1.0e-4", "learning_rate: 6.0e-5"))
     assert qr.recipe_run(tmp_path / "quora_duplicates.yaml").recipe_sha256 != base
 
 
