@@ -266,8 +266,11 @@ def _hook_sentence_transformers(probe: Probe) -> None:
 
 
 def child_memory(system: str, pairs: int, steps: int, batch_size: int, model: str, quick: bool,
-                 threads: int) -> dict[str, Any]:
-    """Train ``system`` through ``speed.child_train`` (``steps`` steps, none untimed), reading memory by phase."""
+                 threads: int, sampler: str | None = None) -> dict[str, Any]:
+    """Train ``system`` through ``speed.child_train`` (``steps`` steps, none untimed), reading memory by phase.
+
+    ``sampler`` (metric_sim only) replaces the config's batch order, e.g. ``random`` against the
+    default length grouping, which puts the longest batch first."""
     probe = Probe()
     import torch
 
@@ -312,6 +315,11 @@ def child_memory(system: str, pairs: int, steps: int, batch_size: int, model: st
         speed._train_pairs, speed._StepTimer = probed_train_pairs, ProbedTimer
         if system == "metric_sim":
             _hook_metric_sim(probe, model_folder)
+            if sampler is not None:
+                import metric_sim
+
+                config_class = metric_sim.TrainConfig
+                metric_sim.TrainConfig = lambda **kw: config_class(**{**kw, "sampler": sampler})  # child_train's config
         elif model_folder is not None:
             quality.default_model_path = lambda: model_folder
         speed.child_train(system, pairs, 0, steps, batch_size)
@@ -328,7 +336,7 @@ def demo_texts() -> list[str]:
 def run_child(system: str, args: argparse.Namespace) -> dict[str, Any]:
     """One system's phases, measured in a fresh interpreter (nothing inherited, as in speed.py)."""
     spec = {"system": system, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
-            "model": args.model, "quick": args.quick, "threads": args.threads}
+            "model": args.model, "quick": args.quick, "threads": args.threads, "sampler": args.sampler}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env, timeout=args.timeout)
@@ -408,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default",
                         help="starting model of both systems: 'default' (all-MiniLM-L6-v2, as speed.py) or a model folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sampler", default=None, help="metric_sim's batch order instead of the config's (e.g. random)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--markdown", help="write the tables here")
