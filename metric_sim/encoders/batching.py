@@ -22,6 +22,9 @@ from metric_sim.validation import require_positive_int, require_texts
 BatchRunner = Callable[[dict[str, np.ndarray]], np.ndarray]
 RowsEmbedder = Callable[[np.ndarray], np.ndarray]
 _TOKENIZE_CHUNK = 10_000  # texts tokenized at a time when only their lengths are needed (bounds memory)
+# What one more forward pass costs, in padded tokens: a training batch is split into length groups
+# only where each split saves more padding than this (Python and kernel-launch overhead of a pass).
+SPLIT_COST_TOKENS = 64
 
 
 def encoding_order(sizes: Any) -> np.ndarray:
@@ -60,6 +63,37 @@ def embed_in_order(
         if progress is not None:
             progress.close()
     return out
+
+
+def padding_groups(lengths: Any, split_cost: int = SPLIT_COST_TOKENS) -> list[np.ndarray]:
+    """Rows grouped so that padding each group to its own longest costs the fewest tokens.
+
+    A training batch arrives padded to its longest item; its items are then embedded in
+    groups of similar length, each padded only to its own longest, which saves compute and
+    the activation memory held for the backward pass. With ``lengths`` sorted, the best
+    split into consecutive runs minimises ``sum(rows * longest) + split_cost * groups``
+    (an exact dynamic programme, O(n^2) in NumPy; n is a batch's unique items). Each
+    group holds row indices in ascending length; a single group means "do not split".
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = int(lengths.shape[0])
+    order = np.argsort(lengths, kind="stable")
+    if n < 2 or lengths[order[0]] == lengths[order[-1]]:
+        return [order]
+    sorted_lengths = lengths[order]
+    best = np.zeros(n + 1, dtype=np.int64)  # best[j]: cheapest cost of the j shortest rows
+    start = np.zeros(n + 1, dtype=np.int64)  # start[j]: where the last group of that split begins
+    for j in range(1, n + 1):
+        firsts = np.arange(j)
+        costs = best[:j] + (j - firsts) * sorted_lengths[j - 1] + split_cost
+        i = int(np.argmin(costs))
+        best[j], start[j] = costs[i], i
+    groups: list[np.ndarray] = []
+    end = n
+    while end > 0:
+        groups.append(order[start[end]:end])
+        end = int(start[end])
+    return groups[::-1]
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metric_sim.encoders.base import TEXT_POOLING_MODES, TrainableEncoder, read_encoder_settings
-from metric_sim.encoders.batching import encode_sorted_batches, token_counts
+from metric_sim.encoders.batching import encode_sorted_batches, padding_groups, token_counts
 from metric_sim.errors import EncoderLoadError, InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.layout import (
     CONFIG_FILE,
@@ -98,6 +98,22 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     if mode == "max":
         return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
     raise InvalidArgumentError(f"pooling must be one of {list(POOLING_MODES)}, got {mode!r}")
+
+
+def _right_padded_groups(attention_mask: torch.Tensor) -> list[np.ndarray]:
+    """:func:`padding_groups` of a batch's rows; one group when the batch is not right-padded
+    (left padding cannot be cut by trimming columns)."""
+    lengths = attention_mask.sum(dim=1)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    if not torch.equal(attention_mask.bool(), positions.unsqueeze(0) < lengths.unsqueeze(1)):
+        return [np.arange(attention_mask.shape[0])]
+    return padding_groups(lengths.cpu().numpy())
+
+
+def _rows_and_width(value: torch.Tensor, index: torch.Tensor, width: int, token_shape: torch.Size) -> torch.Tensor:
+    """A feature restricted to the rows ``index``, and to ``width`` columns when it is per token."""
+    value = value.index_select(0, index)
+    return value[:, :width] if value.shape[1:2] == token_shape[1:2] else value
 
 
 def transformer_layer_groups(model: nn.Module, prefix: str = "") -> list[list[str]] | None:
@@ -352,6 +368,23 @@ class Encoder(nn.Module, TrainableEncoder):
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **features: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            # A training batch is padded to its longest item; embedding it in length groups (the same
+            # vectors up to float rounding) cuts the padded compute and the activations kept for backward.
+            groups = _right_padded_groups(attention_mask)
+            if len(groups) > 1:
+                parts, rows = [], []
+                for group in groups:
+                    width = int(attention_mask[group[-1]].sum())  # rows ascend in length: the last is the longest
+                    index = torch.from_numpy(group).to(input_ids.device)
+                    sliced = {k: _rows_and_width(v, index, width, input_ids.shape) for k, v in features.items()}
+                    parts.append(self._embed(input_ids[index, :width], attention_mask[index, :width], **sliced))
+                    rows.append(index)
+                # back to the caller's row order (an index_select: gradients flow to every part)
+                return torch.cat(parts).index_select(0, torch.argsort(torch.cat(rows)))
+        return self._embed(input_ids, attention_mask, **features)
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **features: torch.Tensor) -> torch.Tensor:
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **features)
         embeddings = pool(outputs.last_hidden_state, attention_mask, self.pooling)
         if self.projection is not None:
