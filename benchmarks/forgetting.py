@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, mean_std, write_json  # noqa: E402
+from _common import environment, markdown_table, mean_std, write_json, write_outputs  # noqa: E402
 from quality import Task, _subsample, load_task  # noqa: E402
 
 from metric_sim import (  # noqa: E402
@@ -390,13 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(cells, base, args)
     text = markdown(summary, base, cells, args)
     print(text)
-    if args.json:
-        write_json(args.json, {"environment": environment(), "lr": args.lr, "seeds": args.seeds, "also": args.also,
-                               "guard": args.guard, "tolerance": args.tolerance, "zero_shot": base, "summary": summary,
-                               "choice_on_dev": choose_method(summary, base, args), "cells": cells})
-    if args.markdown:
-        with atomic_file(args.markdown) as tmp:
-            tmp.write_text(text + "\n", encoding="utf-8")
+    payload = ({"environment": environment(), "lr": args.lr, "seeds": args.seeds, "also": args.also,
+                "guard": args.guard, "tolerance": args.tolerance, "zero_shot": base, "summary": summary,
+                "choice_on_dev": choose_method(summary, base, args), "cells": cells} if args.json else None)
+    write_outputs(args.json, payload, args.markdown, text)
     if args.plot:
         plot(summary, base, cells, args, args.plot)
     return 0

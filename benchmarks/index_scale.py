@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_json  # noqa: E402
+from _common import environment, markdown_table, write_json, write_outputs  # noqa: E402
 from speed import interleaved_order, peak_rss_mib, recall_at_k, summarise  # noqa: E402
 
 from metric_sim.storage import atomic_file  # noqa: E402
@@ -445,12 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     text = markdown(report)
     print(text)
-    if args.json:
-        log(f"wrote {write_json(args.json, report)}")
-    if args.markdown:
-        with atomic_file(args.markdown) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-        log(f"wrote {args.markdown}")
+    for path in write_outputs(args.json, report, args.markdown, text, end="").values():
+        log(f"wrote {path}")
     if args.plot:
         log(f"wrote {plot_latency(report['rows'], args.plot)}")
     return 0

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, mean_std, write_json  # noqa: E402
+from _common import environment, markdown_table, mean_std, write_json, write_outputs  # noqa: E402
 from fair_peers import (  # noqa: E402
     DEFAULT_LR_GRID,
     choose_lr,
@@ -983,10 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         table += "\n\n" + tuning_markdown(tuning, boot)
     print(table)
     print(json.dumps(payload["targets"], indent=2))
-    if args.json:
-        write_json(args.json, payload)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    write_outputs(args.json, payload, args.markdown, table)
     return 0
 
 

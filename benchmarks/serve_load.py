@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import environment, markdown_table, write_json  # noqa: E402
+from _common import environment, markdown_table, write_outputs  # noqa: E402
 
 HOST = "127.0.0.1"
 GOAL_RATIO = 3.0
@@ -402,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"\ngoal: micro-batching gives {verdict['ratio']}x the embed throughput of one request per batch at "
               f"concurrency {GOAL_CONCURRENCY} (needs >= {GOAL_RATIO}x): {'MET' if verdict['met'] else 'NOT MET'}")
-    if args.json:
-        write_json(args.json, results)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown + "\n", encoding="utf-8")
+    write_outputs(args.json, results, args.markdown, markdown)
     return 0
 
 

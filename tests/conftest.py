@@ -7,9 +7,13 @@ leak into another.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +25,41 @@ DEMO_FILE = REPO_ROOT / "metric_sim" / "demo_data" / "demo_pairs.tsv"
 requires_data = pytest.mark.skipif(
     not DATA_DIR.is_dir(), reason=f"real benchmark data not found at {DATA_DIR} (set METRIC_SIM_DATA)"
 )
+
+# One OpenMP thread per rank (waiting passively): the ranks share 2 cores, and 1-thread ranks run the same
+# kernels as an in-process run under ``one_torch_thread``.
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT),
+                "TOKENIZERS_PARALLELISM": "false"}
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node NPROC ARGS`` on CPU from the repository root (standalone
+    picks a free port); the test fails with the tail of the output unless the launcher exits 0."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    with subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **TORCHRUN_ENV}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: the launcher then stops its ranks, which run in sessions of their own, so
+            # killing the launcher alone (what subprocess.run does) would leave them busy on the cores.
+            launcher.terminate()
+            try:
+                stdout, stderr = launcher.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                stdout, stderr = launcher.communicate()
+            pytest.fail(f"torchrun did not finish in {timeout} s\n" + stdout[-3000:] + stderr[-3000:])
+    done = subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def logged_losses(run_dir: Path) -> list[dict[str, Any]]:
+    """The log entries with a training loss, from trainer_state.json of the run's (one) saved checkpoint."""
+    state = json.loads(next((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    return [h for h in state["log_history"] if "loss" in h]
+
 
 BASE_WORDS = (
     "how what why when where which who is are do does can i you my the a an to of in on for and or "

@@ -9,8 +9,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -33,7 +31,7 @@ from metric_sim.training.data import add_mix_pairs, load_mix_set, load_training_
 from metric_sim.training.mix_config import MixSource
 from metric_sim.training.mixing import MixPlan
 from tests import test_mix_pairs as text_mix
-from tests.conftest import DEMO_FILE, REPO_ROOT
+from tests.conftest import DEMO_FILE, logged_losses, torchrun
 from tests.test_mix_pairs import MIXED_ROWS, _write_pairs
 from tests.test_robust_training import _faces
 
@@ -261,20 +259,14 @@ def test_torchrun_with_mixed_pairs_follows_one_process(tiny_encoder, tmp_path):
             _assert_batches(rank[t], ddp_mix)
         assert Counter(ranks[0][t] + ranks[1][t]) == Counter(single[t]), t
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT),
-           "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "metric_sim", "train", "--config", str(path), "--out", str(tmp_path / "ddp"), "--no-progress"]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun("-m", "metric_sim", "train", "--config", str(path), "--out", str(tmp_path / "ddp"), "--no-progress")
     from metric_sim.cli import main as cli_main
 
     assert cli_main(["train", "--config", str(path), "--out", str(tmp_path / "single"), "--no-progress",
                      "--set", "batch_size=16"]) == 0
     histories, records = [], []
     for folder in (tmp_path / "ddp", tmp_path / "single"):
-        state = json.loads(next((folder / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
-        histories.append([(h["step"], h["loss"]) for h in state["log_history"] if "loss" in h])
+        histories.append([(h["step"], h["loss"]) for h in logged_losses(folder)])
         records.append(json.loads((folder / TRAIN_CONFIG_FILE).read_text())["run"])
     assert [step for step, _ in histories[0]] == [1, 2, 3, 4]
     for (step, loss), (step1, loss1) in zip(*histories, strict=True):

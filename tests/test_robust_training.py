@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -31,7 +28,7 @@ from metric_sim.training.regularizers import (
     freeze_lower_layers,
     starting_parameter_ids,
 )
-from tests.conftest import DEMO_FILE, REPO_ROOT
+from tests.conftest import DEMO_FILE, logged_losses, torchrun
 from tests.toy_encoder import ToyVectorEncoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -322,18 +319,12 @@ def test_torchrun_with_both_options_follows_one_process(tiny_encoder, tmp_path):
               "freeze_layers": 1}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT),
-           "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "metric_sim", "train", "--config", str(path), "--out", str(tmp_path / "ddp"), "--no-progress"]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun("-m", "metric_sim", "train", "--config", str(path), "--out", str(tmp_path / "ddp"), "--no-progress")
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "single"), "--no-progress",
                  "--set", "batch_size=16"]) == 0
     histories = []
     for folder in (tmp_path / "ddp", tmp_path / "single"):
-        state = json.loads(next((folder / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
-        histories.append([(h["step"], h["loss"], h["l2sp"]) for h in state["log_history"] if "loss" in h])
+        histories.append([(h["step"], h["loss"], h["l2sp"]) for h in logged_losses(folder)])
     assert [step for step, _, _ in histories[0]] == [2, 4]
     assert histories[0][-1][2] > 0
     for (step, loss, penalty), (step1, loss1, penalty1) in zip(*histories, strict=True):

@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -28,7 +25,7 @@ from metric_sim.layout import MODEL_DIR, MODEL_FINETUNED_DIR
 from metric_sim.model import SimilarityModel
 from metric_sim.training import TrainConfig, train
 from tests import test_interpolation_choice as choice_sets
-from tests.conftest import DEMO_FILE, REPO_ROOT
+from tests.conftest import DEMO_FILE, torchrun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # The dev and guard pair files of the alpha-choice tests (fixtures: a dev set the tiny model separates).
@@ -271,12 +268,7 @@ def test_torchrun_ranks_return_the_model_rank_0_writes(tiny_encoder, pair_files,
               "interpolate": {"alpha": "auto", "guard": [str(pair_files[1])], "alphas": [0.5, 1]}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     (tmp_path / "rank.py").write_text(_RANK_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT),
-           "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(tmp_path / "rank.py"), str(tmp_path / "recipe.yaml"), str(tmp_path / "run"), str(tmp_path)]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun(str(tmp_path / "rank.py"), str(tmp_path / "recipe.yaml"), str(tmp_path / "run"), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     saved = SimilarityModel.from_pretrained(tmp_path / "run" / MODEL_DIR)
     digest = hashlib.sha256()  # as the script computes it
