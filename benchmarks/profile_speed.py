@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_json  # noqa: E402
+from _common import environment, markdown_table, write_json, write_outputs  # noqa: E402
 
 RESULT_PREFIX = "PROFILE-RESULT "
 SECTIONS = ("training", "encoding")
@@ -325,16 +325,6 @@ def tables(results: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write through a temporary file and a rename, as ``write_json``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def selected(section: str, systems: list[str]) -> list[str]:
     return [s for s in SYSTEMS[section] if s in systems or LIBRARY.get(s) in systems]
 
@@ -383,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args.json, results)
     text = tables(results)
     print(text)
-    if args.json:
-        write_json(args.json, results)
-    if args.markdown:
-        write_text(args.markdown, text + "\n")
+    write_outputs(args.json, results, args.markdown, text)
     return 0
 
 

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_json  # noqa: E402
+from _common import environment, markdown_table, write_outputs  # noqa: E402
 
 RESULT_PREFIX = "TRAIN-MEMORY-RESULT "
 SYSTEMS = ("metric_sim", "sentence_transformers")
@@ -440,10 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     results["verdict"] = verdict(systems)
     text = tables(results)
     print(text)
-    if args.json:
-        write_json(args.json, results)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+    write_outputs(args.json, results, args.markdown, text)
     return 0
 
 

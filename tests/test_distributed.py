@@ -11,8 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -41,7 +39,7 @@ from metric_sim.training import (
     prepare_pairs,
     train,
 )
-from tests.conftest import DEMO_FILE, REPO_ROOT, build_tiny_encoder
+from tests.conftest import DEMO_FILE, build_tiny_encoder, torchrun
 
 B = 8  # pairs per rank; the single-process oracle uses 2 * B
 
@@ -52,18 +50,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def demo_texts(demo):
     return list(dict.fromkeys(demo.texts_a + demo.texts_b))
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT),
-            "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 -m metric_sim ARGS`` (standalone picks a free port)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "metric_sim", *args]
-    return subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _free_port() -> int:
@@ -234,8 +220,7 @@ def test_torchrun_train_saves_one_model_matching_one_process(tmp_path, tiny_enco
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
-    done = _torchrun("train", "--config", str(path), "--out", str(run), "--no-progress")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = torchrun("-m", "metric_sim", "train", "--config", str(path), "--out", str(run), "--no-progress", timeout=240)
     assert done.stdout.count("run folder:") == 1  # rank 0 reports
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json", "model", "train_config.json"]
     assert not [p for p in run.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]  # no staging leftovers
@@ -274,9 +259,9 @@ def test_torchrun_sharded_index_equals_single_process_build(tmp_path, demo_texts
     ids = [f"q{i}" for i in range(len(demo_texts))]
     corpus.write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in zip(ids, demo_texts, strict=True)))
     out = tmp_path / "idx"
-    done = _torchrun("index", "build", "--model", str(model_dir), "--corpus", str(corpus), "--id-column", "id",
-                     "--out", str(out), "--batch-size", "16", "--shard-size", "40", "--kind", "hnsw", "--json")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = torchrun("-m", "metric_sim", "index", "build", "--model", str(model_dir), "--corpus", str(corpus),
+                    "--id-column", "id", "--out", str(out), "--batch-size", "16", "--shard-size", "40", "--kind", "hnsw",
+                    "--json", timeout=240)
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert (summary["ranks"], summary["shards"], summary["items"]) == (2, 7, len(demo_texts))
     assert not (tmp_path / "idx.shards").exists()  # removed once the index is saved
