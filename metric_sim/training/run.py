@@ -150,56 +150,9 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     frozen = freeze_lower_layers(encoder, config.freeze_layers)  # before the optimiser: no state for them
     # Every exit path below gives the caller's encoder back trainable: a failed setup or run as well.
     try:
-        # Opens the process group under torchrun (the Trainer's own DDP setup: gloo on CPU, NCCL on GPU).
-        args = training_arguments(config, run_dir / CHECKPOINT_DIR, show_progress)
-        world = args.world_size
-        if world > 1:
-            logger.info("torchrun: %d processes (%s), %d pairs per rank per step, %d in all", world,
-                        args.device.type, config.batch_size, config.batch_size * world)
-        split_train = train_data  # what mining runs on, first and at every refresh
-        if config.hard_negatives is not None:
-            encoder.to(args.device)  # mining embeds the train items with the starting encoder
-            train_data, hard_negatives = add_hard_negatives(config, train_data, dev_data, encoder, run_dir,
-                                                            resume=resume)
-        else:
-            hard_negatives = None
-        main_pairs = len(train_data)  # rows 0.. of the prepared pairs; the mixed sets follow
-        train_data, mix_sources = add_mix_pairs(config, train_data, dev_data)
-        torch.manual_seed(config.seed)
-        pairs = prepare_pairs(train_data)
-        evaluator = DevEvaluator(dev_data, metric, config.eval_batch_size)
-        logger.info("train pairs %d (%d unique items, %d positives), dev pairs %d",
-                    len(pairs), len(pairs.items), int(pairs.labels.sum()), len(dev_data))
-
-        model, collator = _model_to_train(config, encoder, pairs, evaluator, run_dir, args, show_progress)
-        l2sp = _l2sp(config, model, starting, run_dir, resume)
-        zero_shot = _zero_shot(config, model, evaluator, args)
-        embedding_dim = config.projection_dim or encoder.embedding_dim
-        metric_loss = build_loss(config.loss, metric, embedding_dim=embedding_dim, params=config.loss_params)
-        logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
-        if zero_shot:
-            check_margins(metric_loss, zero_shot)
-        mix = MixPlan(config.batch_size, main_pairs, mix_sources) if mix_sources else None
-        plan = _batch_plan(config, metric_loss, encoder, pairs, world, mix)
-        if mix is not None:
-            mix.log(mix.batches_trained(plan.planned_steps, config.gradient_accumulation_steps, world))
-        preflight(metric_loss, pairs, plan.make_sampler(), config.batch_size * world,
-                  plan.planned_steps * config.gradient_accumulation_steps)
-
-        reference = {REFERENCE_KEY: l2sp.record()} if l2sp is not None and is_main_process() else {}
-        if is_main_process():
-            write_json_atomic(run_dir / TRAIN_CONFIG_FILE,
-                              {**config.to_dict(), "run": {"status": "running", **reference}})
-        guard = ZeroLossGuard(config.loss)
-        # The refresh rewrites mined rows of the main data: it sees those rows alone (views: writes reach pairs).
-        refresh = _refresh_callbacks(config, encoder, split_train, main_rows(pairs, main_pairs), run_dir,
-                                     hard_negatives)
-        trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard,
-                                [*refresh, *callbacks], show_progress, l2sp)
-        logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
-                    plan.planned_steps, plan.steps_per_epoch, config.batch_size,
-                    f" x {world} ranks" if world > 1 else "", plan.sampler, config.learning_rate)
-        output_metrics = _fit(trainer, resume_from)
+        run = _set_up_run(config, metric, run_dir, encoder, train_data, dev_data, starting, resume=resume,
+                          show_progress=show_progress, callbacks=callbacks)
+        output_metrics = _fit(run.trainer, resume_from)
     except BaseException:
         if config.freeze_encoder:  # _model_to_train froze the base; a finished run unfreezes it in _attach_head
             _unfreeze_base(encoder)
@@ -208,18 +161,97 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
         if frozen is not None:  # the returned encoder trains every layer again if trained further
             frozen.release()
     if config.freeze_encoder:
-        _attach_head(encoder, model)
+        _attach_head(encoder, run.model)
     similarity = SimilarityModel(encoder, metric)
+    trainer, mix = run.trainer, run.mix
     record = {
-        "world_size": world, "train_pairs": len(pairs), "dev_pairs": len(dev_data), "sampler": plan.sampler,
-        "loss_params_resolved": metric_loss.params, "batches_without_tuple": guard.total_empty,
-        "batches_all_easy": guard.total_easy, "resumed": resume, "hard_negatives": hard_negatives,
-        "data_summary": {"train": train_data.summary(), "dev": dev_data.summary()}, **reference,
+        "world_size": run.world, "train_pairs": len(run.pairs), "dev_pairs": len(dev_data),
+        "sampler": run.plan.sampler, "loss_params_resolved": run.metric_loss.params,
+        "batches_without_tuple": run.guard.total_empty, "batches_all_easy": run.guard.total_easy, "resumed": resume,
+        "hard_negatives": run.hard_negatives,
+        "data_summary": {"train": run.train_data.summary(), "dev": dev_data.summary()}, **run.reference,
         **({"mix_pairs": mix.record(mix.batches_trained(trainer.state.global_step, config.gradient_accumulation_steps,
-                                                          world))} if mix is not None else {}),
+                                                          run.world))} if mix is not None else {}),
     } if is_main_process() else {}
-    return _finish(config, run_dir, similarity, trainer, evaluator, dev_data, metric_loss, zero_shot,
+    return _finish(config, run_dir, similarity, trainer, run.evaluator, dev_data, run.metric_loss, run.zero_shot,
                    output_metrics, record, started, wise)
+
+
+@dataclass
+class _RunSetup:
+    """What :func:`_set_up_run` built: the Trainer and what the run record and the finish need."""
+
+    world: int
+    train_data: PairDataset  # with mined negatives and mixed pairs, as trained on
+    hard_negatives: dict[str, Any] | None
+    pairs: PreparedPairs
+    evaluator: DevEvaluator
+    model: nn.Module
+    zero_shot: dict[str, Any]
+    metric_loss: MetricLoss
+    mix: MixPlan | None
+    plan: _BatchPlan
+    guard: ZeroLossGuard
+    reference: dict[str, Any]
+    trainer: MetricTrainer
+
+
+def _set_up_run(config: TrainConfig, metric: Metric, run_dir: Path, encoder: TrainableEncoder,
+                train_data: PairDataset, dev_data: PairDataset, starting: set[int], *, resume: bool,
+                show_progress: bool, callbacks: Sequence[TrainerCallback]) -> _RunSetup:
+    """Everything between the starting encoder and the first step: distributed setup, mined and mixed
+    pairs, the model to train, the zero-shot score, the loss, the batch plan, and the Trainer."""
+    # Opens the process group under torchrun (the Trainer's own DDP setup: gloo on CPU, NCCL on GPU).
+    args = training_arguments(config, run_dir / CHECKPOINT_DIR, show_progress)
+    world = args.world_size
+    if world > 1:
+        logger.info("torchrun: %d processes (%s), %d pairs per rank per step, %d in all", world,
+                    args.device.type, config.batch_size, config.batch_size * world)
+    split_train = train_data  # what mining runs on, first and at every refresh
+    if config.hard_negatives is not None:
+        encoder.to(args.device)  # mining embeds the train items with the starting encoder
+        train_data, hard_negatives = add_hard_negatives(config, train_data, dev_data, encoder, run_dir,
+                                                        resume=resume)
+    else:
+        hard_negatives = None
+    main_pairs = len(train_data)  # rows 0.. of the prepared pairs; the mixed sets follow
+    train_data, mix_sources = add_mix_pairs(config, train_data, dev_data)
+    torch.manual_seed(config.seed)
+    pairs = prepare_pairs(train_data)
+    evaluator = DevEvaluator(dev_data, metric, config.eval_batch_size)
+    logger.info("train pairs %d (%d unique items, %d positives), dev pairs %d",
+                len(pairs), len(pairs.items), int(pairs.labels.sum()), len(dev_data))
+
+    model, collator = _model_to_train(config, encoder, pairs, evaluator, run_dir, args, show_progress)
+    l2sp = _l2sp(config, model, starting, run_dir, resume)
+    zero_shot = _zero_shot(config, model, evaluator, args)
+    embedding_dim = config.projection_dim or encoder.embedding_dim
+    metric_loss = build_loss(config.loss, metric, embedding_dim=embedding_dim, params=config.loss_params)
+    logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
+    if zero_shot:
+        check_margins(metric_loss, zero_shot)
+    mix = MixPlan(config.batch_size, main_pairs, mix_sources) if mix_sources else None
+    plan = _batch_plan(config, metric_loss, encoder, pairs, world, mix)
+    if mix is not None:
+        mix.log(mix.batches_trained(plan.planned_steps, config.gradient_accumulation_steps, world))
+    preflight(metric_loss, pairs, plan.make_sampler(), config.batch_size * world,
+              plan.planned_steps * config.gradient_accumulation_steps)
+
+    reference = {REFERENCE_KEY: l2sp.record()} if l2sp is not None and is_main_process() else {}
+    if is_main_process():
+        write_json_atomic(run_dir / TRAIN_CONFIG_FILE,
+                          {**config.to_dict(), "run": {"status": "running", **reference}})
+    guard = ZeroLossGuard(config.loss)
+    # The refresh rewrites mined rows of the main data: it sees those rows alone (views: writes reach pairs).
+    refresh = _refresh_callbacks(config, encoder, split_train, main_rows(pairs, main_pairs), run_dir,
+                                 hard_negatives)
+    trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard,
+                            [*refresh, *callbacks], show_progress, l2sp)
+    logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
+                plan.planned_steps, plan.steps_per_epoch, config.batch_size,
+                f" x {world} ranks" if world > 1 else "", plan.sampler, config.learning_rate)
+    return _RunSetup(world, train_data, hard_negatives, pairs, evaluator, model, zero_shot, metric_loss, mix, plan,
+                     guard, reference, trainer)
 
 
 def _l2sp(config: TrainConfig, model: nn.Module, starting: set[int], run_dir: Path, resume: bool) -> L2SP | None:
