@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # noqa: E402
 from _common import environment, markdown_table, write_json, write_outputs  # noqa: E402
 
 RESULT_PREFIX = "PROFILE-RESULT "
@@ -145,44 +146,21 @@ def _cpu_profiler() -> Any:
     return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
 
 
-class ProfilingTimer:
-    """speed._StepTimer's interface (``callback``, ``seconds``), profiling the timed steps as well."""
+class ProfilingTimer(speed._StepTimer):
+    """speed's step timer (``callback``, ``seconds``), profiling the timed steps as well."""
 
     def __init__(self, warmup: int, steps: int) -> None:
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-                if timer.warmup == 0:
-                    timer.begin()
-
-            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-                if state.global_step == timer.warmup + timer.steps:
-                    timer.end()
-                elif state.global_step == timer.warmup:
-                    timer.begin()
-
-        self.warmup, self.steps = warmup, steps
-        self.start = self.stop = None
+        super().__init__(warmup, steps)
         self.prof: Any = None
-        self.callback = Callback()
 
     def begin(self) -> None:
         self.prof = _cpu_profiler()
         self.prof.start()
-        self.start = time.perf_counter()  # after start(): the profiler's own start-up is not timed
+        super().begin()  # after start(): the profiler's own start-up is not timed
 
     def end(self) -> None:
-        self.stop = time.perf_counter()
+        super().end()
         self.prof.stop()
-
-    @property
-    def seconds(self) -> float:
-        if self.start is None or self.stop is None:
-            raise RuntimeError("the profiled steps did not run")
-        return self.stop - self.start
 
 
 def _quick_model(folder: Path) -> dict[str, Any]:
@@ -202,8 +180,6 @@ def _demo_questions(limit: int | None) -> list[str]:
 
 def child_training(system: str, warmup: int, steps: int, batch_size: int, top: int, quick: bool) -> dict[str, Any]:
     """Profile training steps ``warmup + 1 .. warmup + steps`` of ``speed.child_train``."""
-    import speed
-
     made: list[ProfilingTimer] = []
 
     def timer(warmup: int, steps: int) -> ProfilingTimer:
@@ -251,8 +227,6 @@ def _encoder(system: str, model: str | Path) -> Callable[[list[str]], Any]:
 
 def child_encoding(system: str, limit: int | None, top: int, quick: bool) -> dict[str, Any]:
     """Profile one ``encode`` of ``limit`` QQP test questions (demo questions with ``quick``) after a warm-up."""
-    import speed
-
     with tempfile.TemporaryDirectory(prefix="profile_speed_") as tmp:
         model: str | Path = "default"
         tiny = None

@@ -95,17 +95,24 @@ class _StepTimer:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
                 if timer.warmup == 0:
-                    timer.start = time.perf_counter()
+                    timer.begin()
 
             def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
                 if state.global_step == timer.warmup:
-                    timer.start = time.perf_counter()
+                    timer.begin()
                 if state.global_step == timer.warmup + timer.steps:
-                    timer.stop = time.perf_counter()
+                    timer.end()
 
         self.warmup, self.steps = warmup, steps
         self.start = self.stop = None
         self.callback = Callback()
+
+    def begin(self) -> None:
+        """The timed steps start (subclasses add work around the clock reading)."""
+        self.start = time.perf_counter()
+
+    def end(self) -> None:
+        self.stop = time.perf_counter()
 
     @property
     def seconds(self) -> float:
