@@ -39,7 +39,7 @@ def brute_force_best(lengths: np.ndarray, cost: int) -> int:
     for k in range(n):
         for cuts in itertools.combinations(range(1, n), k):
             bounds = (0, *cuts, n)
-            total = sum((b - a) * int(sorted_lengths[b - 1]) + cost for a, b in zip(bounds, bounds[1:]))
+            total = sum((b - a) * int(sorted_lengths[b - 1]) + cost for a, b in itertools.pairwise(bounds))
             best = total if best is None else min(best, total)
     return best
 
@@ -95,7 +95,7 @@ def test_training_forward_in_groups_matches_the_whole_batch(tiny_encoder, monkey
     encoder.pooling = pooling
     features = _batch(encoder, TEXTS)
     _split_every_length(monkeypatch)
-    assert len(text_module._right_padded_groups(features["attention_mask"])) > 2
+    assert len(text_module._right_padded_groups(features["attention_mask"])[0]) > 2
     # dropout is 0 in the tiny model, so train and eval mode compute the same function
     grouped, grouped_grads = _forward_and_grads(encoder, features, training=True)
     whole, whole_grads = _forward_and_grads(encoder, features, training=False)
@@ -124,7 +124,7 @@ def test_left_padded_batches_are_embedded_whole(tiny_encoder, monkeypatch) -> No
     encoder.tokenizer.padding_side = "left"
     features = _batch(encoder, TEXTS)
     assert features["attention_mask"][:, 0].min() == 0  # really left-padded
-    assert len(text_module._right_padded_groups(features["attention_mask"])) == 1
+    assert len(text_module._right_padded_groups(features["attention_mask"])[0]) == 1
     calls = []
     original = encoder._embed
     monkeypatch.setattr(encoder, "_embed", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))

@@ -100,14 +100,15 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     raise InvalidArgumentError(f"pooling must be one of {list(POOLING_MODES)}, got {mode!r}")
 
 
-def _right_padded_groups(attention_mask: torch.Tensor) -> list[np.ndarray]:
-    """:func:`padding_groups` of a batch's rows; one group when the batch is not right-padded
-    (left padding cannot be cut by trimming columns)."""
+def _right_padded_groups(attention_mask: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`padding_groups` of a batch's rows, and the rows' lengths; one group when the batch
+    is not right-padded (left padding cannot be cut by trimming columns)."""
     lengths = attention_mask.sum(dim=1)
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    counts = lengths.cpu().numpy()
     if not torch.equal(attention_mask.bool(), positions.unsqueeze(0) < lengths.unsqueeze(1)):
-        return [np.arange(attention_mask.shape[0])]
-    return padding_groups(lengths.cpu().numpy())
+        return [np.arange(attention_mask.shape[0])], counts
+    return padding_groups(counts), counts
 
 
 def _rows_and_width(value: torch.Tensor, index: torch.Tensor, width: int, token_shape: torch.Size) -> torch.Tensor:
@@ -371,11 +372,11 @@ class Encoder(nn.Module, TrainableEncoder):
         if self.training:
             # A training batch is padded to its longest item; embedding it in length groups (the same
             # vectors up to float rounding) cuts the padded compute and the activations kept for backward.
-            groups = _right_padded_groups(attention_mask)
+            groups, lengths = _right_padded_groups(attention_mask)
             if len(groups) > 1:
                 parts, rows = [], []
                 for group in groups:
-                    width = int(attention_mask[group[-1]].sum())  # rows ascend in length: the last is the longest
+                    width = int(lengths[group[-1]])  # rows ascend in length: the last is the longest
                     index = torch.from_numpy(group).to(input_ids.device)
                     sliced = {k: _rows_and_width(v, index, width, input_ids.shape) for k, v in features.items()}
                     parts.append(self._embed(input_ids[index, :width], attention_mask[index, :width], **sliced))
