@@ -180,6 +180,18 @@ def rss_anon_bytes() -> int:
     return 0
 
 
+def builds(kinds: list[str], nbits: list[int] | None) -> list[tuple[str, str, dict[str, int]]]:
+    """(row name, kind, parameters) of every index to build: flat first (the reference), then
+    each compressed kind once per ``nbits`` value (named ``ivfpq nbits=4``), or at its default."""
+    out: list[tuple[str, str, dict[str, int]]] = [("flat", "flat", {})]
+    for kind in (k for k in kinds if k != "flat"):
+        if kind in COMPRESSED and nbits:
+            out += [(f"{kind} nbits={bits}", kind, {"nbits": bits}) for bits in nbits]
+        else:
+            out.append((kind, kind, {}))
+    return out
+
+
 def result_ids(results: list) -> np.ndarray:
     """Row numbers (the ids given at build) of the results, one row per query."""
     return np.array([[int(i) for i in r.ids] for r in results], dtype=np.int64)
@@ -219,29 +231,29 @@ def measure(base: np.ndarray, texts: list[str], queries: np.ndarray, metric: str
     rows: dict[str, dict[str, Any]] = {}
     skipped = []
     caps = {"hnsw": ("--hnsw-max", args.hnsw_max), "opq-ivfpq": ("--opq-max", args.opq_max)}
-    for kind in ["flat"] + [k for k in args.kinds if k != "flat"]:
+    for name, kind, params in builds(args.kinds, args.nbits):
         flag, cap = caps.get(kind, ("", size))
         if size > cap:
-            skipped.append({"size": size, "metric": metric, "kind": kind, "reason": f"size > {flag} {cap:,}"})
+            skipped.append({"size": size, "metric": metric, "kind": name, "reason": f"size > {flag} {cap:,}"})
             continue
         before = rss_anon_bytes()
         started = time.perf_counter()
         try:
-            index = NeighborIndex.from_embeddings(base, texts, metric=metric, kind=kind)
+            index = NeighborIndex.from_embeddings(base, texts, metric=metric, kind=kind, **params)
         except IndexConfigError as error:
-            skipped.append({"size": size, "metric": metric, "kind": kind, "reason": f"refused: {error}"})
-            log(f"  {kind}: skipped ({error})")
+            skipped.append({"size": size, "metric": metric, "kind": name, "reason": f"refused: {error}"})
+            log(f"  {name}: skipped ({error})")
             continue
         build_s = time.perf_counter() - started
         growth = rss_anon_bytes() - before
-        indexes[kind] = index
+        indexes[name] = index
         info = index.info()
-        rows[kind] = {"size": size, "metric": metric, "kind": kind, "params": dict(index.params),
+        rows[name] = {"size": size, "metric": metric, "kind": name, "params": dict(index.params),
                       "build_s": build_s, "ram_bytes_per_item": ram_bytes_per_item(index),
                       "rss_growth_bytes": growth, "rss_growth_bytes_per_item": growth / size,
                       "disk_bytes_per_item": info.get("vector_file_bytes", 0) / size,
                       "build_recall_at_10": ((info.get("compressed") or {}).get("recall") or {}).get("recall_at_10")}
-        log(f"  {kind}: built in {build_s:.1f} s, RSS +{growth / size:.0f} B/item, params {index.params}")
+        log(f"  {name}: built in {build_s:.1f} s, RSS +{growth / size:.0f} B/item, params {index.params}")
     for index in indexes.values():
         index.search_embeddings(queries[:10], k=K)  # warm-up (and pages of the vector file)
     qps: dict[str, list[float]] = {kind: [] for kind in indexes}
@@ -259,7 +271,7 @@ def measure(base: np.ndarray, texts: list[str], queries: np.ndarray, metric: str
         log(f"  {kind}: {row['qps']:,.0f} q/s (x{row['qps_ratio_to_flat']:.2f} flat), "
             f"{row['latency_ms']:.2f} ms/query, recall@10 {row['recall_at_10']:.4f}")
     sweep = []
-    for kind in [k for k in indexes if k in COMPRESSED]:
+    for kind in [name for name, index in indexes.items() if index.kind in COMPRESSED]:
         for nprobe in args.sweep_nprobe:
             for rerank in args.sweep_rerank:
                 indexes[kind].set_search_params(nprobe=nprobe, rerank=rerank)
@@ -353,7 +365,7 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     rows = [r for r in report["rows"] if "reason" not in r]
     for size, metric in sorted({(r["size"], r["metric"]) for r in rows}):
-        mine = [r for r in rows if (r["size"], r["metric"]) == (size, metric) and r["kind"] in COMPRESSED]
+        mine = [r for r in rows if (r["size"], r["metric"]) == (size, metric) and r["kind"].split()[0] in COMPRESSED]
         found = [dict(r, nprobe=r["params"]["nprobe"], rerank=r["params"]["rerank"] or 10 * K) for r in mine]
         found += [s for s in report["sweep"] if (s["size"], s["metric"]) == (size, metric)]
         fine = [c for c in found if c["ram_bytes_per_item"] <= GOAL_BYTES]
@@ -424,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", choices=["euclidean", "manhattan"], default=["euclidean", "manhattan"])
     parser.add_argument("--kinds", nargs="+", choices=["flat", "hnsw", "ivf", *COMPRESSED],
                         default=["flat", "hnsw", *COMPRESSED], help="flat is always built (the exact reference)")
+    parser.add_argument("--nbits", type=int, nargs="+", default=None,
+                        help="compressed kinds: build one per code width (4 = FAISS fast-scan); default: the library's")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest corpus given an HNSW index")
     parser.add_argument("--opq-max", type=int, default=100_000, help="largest corpus given an opq-ivfpq index")
     parser.add_argument("--l1-max", type=int, default=1_000_000, help="largest corpus measured in manhattan")

@@ -171,10 +171,11 @@ def test_add_appends_to_codes_and_vectors_and_remove_stays_correct(tmp_path):
     assert again.embeddings().tobytes() == X[keep].tobytes()
 
 
+@pytest.mark.parametrize("nbits", [6, 4], ids=["pq", "fast-scan"])
 @pytest.mark.parametrize("metric", METRICS)
-def test_range_search_and_dedupe_match_brute_force_when_every_list_is_probed(metric):
+def test_range_search_and_dedupe_match_brute_force_when_every_list_is_probed(metric, nbits):
     x, q = X[:1000], Q[:20]
-    index = _build(metric, x=x, m=8, nbits=6, nlist=8, nprobe=8)
+    index = _build(metric, x=x, m=8, nbits=nbits, nlist=8, nprobe=8)
     exact = _exact(q, x, metric)
     radius = float(np.quantile(exact, 0.01))
     for i, result in enumerate(index.range_search_embeddings(q, max_distance=radius)):
@@ -306,3 +307,49 @@ def test_saved_folder_moved_or_deleted_after_save_keeps_the_index_working(tmp_pa
     assert again.embeddings().tobytes() == x.tobytes()
     result = again.search_embeddings(x[550:551], k=1)[0]
     assert result.ids == ["v550"] and result.distances[0] == 0.0
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "opq-ivfpq"])
+def test_fast_scan_table_rounding_bounds_faiss_own_distances(kind):
+    """nbits=4 uses FAISS' fast-scan layout, whose 8-bit lookup tables make its distances differ
+    from exact product-quantizer distances |q - decode(x)|^2 (NumPy, float64, the oracle). The
+    bound that widens range search must cover that difference for every query and candidate,
+    and the difference must be real (else the bound tests nothing)."""
+    index = _build("euclidean", kind=kind, x=X[:1500], m=8, nbits=4, nlist=4, nprobe=4)
+    vectors = index._vectors
+    assert vectors.fast_scan and isinstance(
+        faiss.downcast_index(faiss.extract_index_ivf(vectors.index)), faiss.IndexIVFPQFastScan)
+    decoded = vectors.index.sa_decode(vectors.index.sa_encode(X[:1500])).astype(np.float64)
+    worst = 0.0
+    for q in Q[:40]:
+        found_sq, keys = vectors.index.search(q[None, :], 50)
+        adc = np.sum((decoded[keys[0]] - q.astype(np.float64)) ** 2, axis=1)
+        gap = float(np.max(np.abs(found_sq[0] - adc)))
+        bound = vectors._table_rounding(q[None, :]) / 2  # FAISS' own worst case; the radius adds twice it
+        assert gap <= bound + 1e-4 * float(np.max(adc)), (gap, bound)
+        worst = max(worst, gap)
+    assert worst > 1e-3
+
+
+def test_fast_scan_is_recorded_and_its_layout_checked_on_load(tmp_path):
+    index = _build("euclidean", x=X[:1200], m=8, nbits=4, nlist=4)
+    assert index.info()["compressed"]["fast_scan"] is True
+    assert index.info()["compressed"]["ram_bytes_per_item"] == 8 * 4 // 8 + 8  # 8 nibbles + the int64 id
+    index.save(tmp_path / "fs")
+    again = NeighborIndex.load(tmp_path / "fs")
+    np.testing.assert_array_equal(_rows(again.search_embeddings(Q[:5], k=5)[0].ids),
+                                  _rows(index.search_embeddings(Q[:5], k=5)[0].ids))
+    assert _build("euclidean", x=X[:1200], m=8, nbits=8, nlist=4).info()["compressed"]["fast_scan"] is False
+    # A metadata file that says 8-bit codes over a fast-scan FAISS file is refused by name.
+    meta_path = tmp_path / "fs" / METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["nbits"] = 8
+    meta.pop("metadata_sha256", None)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(IndexLoadError, match="IndexIVFPQFastScan|nbits"):
+        NeighborIndex.load(tmp_path / "fs")
+
+
+def test_default_m_keeps_about_one_bit_of_code_per_dimension():
+    assert _build("euclidean", x=X[:1200], m=None, nbits=4, nlist=4).params["m"] == DIM // 4
+    assert _build("euclidean", x=X[:1200], m=None, nbits=8, nlist=4).params["m"] == DIM // 8

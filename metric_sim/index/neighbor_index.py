@@ -273,9 +273,9 @@ class NeighborIndex:
     def _range(self, vectors: np.ndarray, labels: list[str] | None, min_prob: float | None,
                max_distance: float | None) -> list[SearchResult]:
         radius = search.search_radius(self.calibrator, min_prob, max_distance)
-        hits = search.range_hits(self._vectors, len(self._store), vectors, radius)
-        return [search.to_result(self._store, self.calibrator, None if labels is None else labels[i], keys, dist)
-                for i, keys, dist in hits]
+        hits = list(search.range_hits(self._vectors, len(self._store), vectors, radius))
+        return search.to_results(self._store, self.calibrator, [None if labels is None else labels[i] for i, _, _ in hits],
+                                 [keys for _, keys, _ in hits], [dist for _, _, dist in hits])
 
     def dedupe(self, min_prob: float | None = 0.5, *, max_distance: float | None = None,
                show_progress: bool = False) -> DedupeResult:

@@ -222,7 +222,8 @@ def _validate_compressed(fields: SavedFields, kind: str) -> None:
     if kind not in COMPRESSED_KINDS:
         fields.fail("compressed", f"belongs to the compressed kinds {list(COMPRESSED_KINDS)}, not to kind {kind!r}")
     section.refuse_unknown(("ram_bytes_per_item", "code_size", "id_bytes", "train_vectors", "max_code_error",
-                            "max_sq_norm", "vector_rows", "recall"))
+                            "max_sq_norm", "vector_rows", "recall", "fast_scan"))
+    section.get("fast_scan", bool, required=False)  # absent in indexes saved before fast-scan existed
     for name in ("ram_bytes_per_item", "code_size", "id_bytes", "train_vectors"):
         section.get(name, int, minimum=1)
     section.get("vector_rows", int, minimum=0)

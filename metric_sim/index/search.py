@@ -36,6 +36,7 @@ __all__ = [
     "range_hits",
     "search_radius",
     "to_result",
+    "to_results",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,14 +80,27 @@ def to_result(
     store: ItemStore | DiskItemStore, calibrator: Calibrator | None, query: str | None, keys: np.ndarray,
     distances: np.ndarray,
 ) -> SearchResult:
-    items = store.items_of(keys)  # one lookup for the k neighbours (one SQLite query for a disk store)
-    return SearchResult(
-        query=query,
-        ids=[item_id for item_id, _ in items],
-        texts=[text for _, text in items],
-        distances=distances.astype(np.float32),
-        probabilities=probabilities(calibrator, distances),
-    )
+    return to_results(store, calibrator, [query], [keys], [distances])[0]
+
+
+def to_results(
+    store: ItemStore | DiskItemStore, calibrator: Calibrator | None, queries: list[str | None],
+    keys: list[np.ndarray], distances: list[np.ndarray],
+) -> list[SearchResult]:
+    """One result per query, with one store lookup for all their neighbours (for a disk store,
+    one SQLite pass per batch of queries rather than one per query)."""
+    items = store.items_of(np.concatenate(keys)) if keys else []
+    bounds = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).tolist()
+    return [
+        SearchResult(
+            query=query,
+            ids=[item_id for item_id, _ in items[bounds[i] : bounds[i + 1]]],
+            texts=[text for _, text in items[bounds[i] : bounds[i + 1]]],
+            distances=dist.astype(np.float32),
+            probabilities=probabilities(calibrator, dist),
+        )
+        for i, (query, dist) in enumerate(zip(queries, distances, strict=True))
+    ]
 
 
 def exact_distances(
@@ -153,6 +167,7 @@ def knn(
             else faiss_to_true_distance(raw[valid], vectors.metric)
         )
         bounds = np.concatenate([[0], np.cumsum(valid.sum(1))])
+        nearest_keys, nearest_distances = [], []
         for i in range(len(chunk)):
             kq, dq = keys[bounds[i] : bounds[i + 1]], exact[bounds[i] : bounds[i + 1]]
             order = _nearest_first(kq, dq)[:k]
@@ -160,7 +175,10 @@ def knn(
             if limit is not None:
                 keep = dq <= limit
                 kq, dq = kq[keep], dq[keep]
-            results.append(to_result(store, calibrator, label(start + i), kq, dq))
+            nearest_keys.append(kq)
+            nearest_distances.append(dq)
+        labels_of_chunk = [label(start + i) for i in range(len(chunk))]
+        results += to_results(store, calibrator, labels_of_chunk, nearest_keys, nearest_distances)
     return results
 
 
