@@ -1,5 +1,6 @@
-"""Pure helpers of quality.py's fair-peer mode: the learning-rate choice on dev, a fast
-weighted average precision, and the paired bootstrap of a test-AP difference.
+"""Pure helpers of quality.py's fair-peer mode: the (learning rate, margin factor) choice on dev,
+the margin-like loss parameter each system scales, a fast weighted average precision, and the
+paired bootstrap of a test-AP difference.
 
 No torch, no model: everything here works on plain arrays and dicts and is tested on tiny,
 hand-computable cases in ``tests/test_benchmarks.py``.
@@ -23,48 +24,120 @@ def lr_tag(lr: float) -> str:
     return f"{lr:g}"
 
 
+def grid_tag(lr: float, factor: float = 1.0) -> str:
+    """A grid cell's (lr, margin factor) as in run names and tuning keys: ``5e-05`` at factor 1
+    (the tag of every run made before the margin grid, so those are found again), else ``5e-05@m1.5``."""
+    return lr_tag(lr) if factor == 1.0 else f"{lr_tag(lr)}@m{factor:g}"
+
+
+def cell_name(name: str, lr: float, seed: int, factor: float = 1.0) -> str:
+    """The run folder of one grid cell: ``NAME@lrLR@sSEED``, ``NAME@lrLR@mFACTOR@sSEED`` off factor 1."""
+    return f"{name}@lr{grid_tag(lr, factor)}@s{seed}"
+
+
+# The margin-like loss parameter(s) that --margin-grid multiplies, per metric-sim loss. The
+# contrastive pos_margin is scaled with neg_margin so that the pair stays ordered; it is 0 in
+# every recipe here, so in practice only neg_margin moves.
+MS_MARGIN_KEYS: dict[str, tuple[str, ...]] = {
+    "contrastive": ("neg_margin", "pos_margin"), "online_contrastive": ("neg_margin", "pos_margin"),
+    "triplet": ("margin",), "ntxent": ("temperature",)}
+# sentence-transformers: (argument, library default, divided by the factor?). OnlineContrastiveLoss'
+# margin is a cosine distance and scales as metric-sim's neg_margin; MNRL's scale is 1 / temperature,
+# so it is divided by the factor, as metric-sim's NT-Xent temperature is multiplied by it.
+ST_MARGINS: dict[str, tuple[str, float, bool]] = {
+    "online_contrastive": ("margin", 0.5, False), "mnrl": ("scale", 20.0, True), "mnrl_hn": ("scale", 20.0, True)}
+
+
+def scaled_loss_params(loss: str, params: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """metric-sim ``loss_params`` with the loss's margin-like parameters (``MS_MARGIN_KEYS``) times
+    ``factor``; the first of them must be given explicitly (its default depends on the metric)."""
+    keys = MS_MARGIN_KEYS.get(loss)
+    if keys is None:
+        raise ValueError(f"loss {loss!r} has no margin-like parameter to scale; known: {sorted(MS_MARGIN_KEYS)}")
+    if keys[0] not in params:
+        raise ValueError(f"loss {loss!r}: the margin grid scales loss_params[{keys[0]!r}], which is not set in {dict(params)}")
+    return {k: (v * factor if k in keys else v) for k, v in params.items()}
+
+
+def ms_margin(loss: str, params: Mapping[str, Any]) -> dict[str, float]:
+    """The margin-like values of metric-sim ``loss_params`` (for labels and the tuning table)."""
+    return {k: float(params[k]) for k in MS_MARGIN_KEYS.get(loss, ()) if k in params}
+
+
+def st_margin(loss_name: str, factor: float = 1.0) -> dict[str, float]:
+    """The sentence-transformers loss argument for a margin ``factor``: ``{"margin": 0.5 * f}`` or
+    ``{"scale": 20 / f}``; factor 1 gives the library default, as every run before the grid had."""
+    if loss_name not in ST_MARGINS:
+        raise ValueError(f"unknown sentence-transformers loss {loss_name!r}; known: {sorted(ST_MARGINS)}")
+    key, default, inverse = ST_MARGINS[loss_name]
+    return {key: default / factor if inverse else default * factor}
+
+
+def margin_text(margin: Mapping[str, float] | None, factor: float) -> str:
+    """``neg_margin 1.2, pos_margin 0 (x1.5)``: the actual values and the factor that gave them."""
+    values = ", ".join(f"{k} {v:.4g}" for k, v in (margin or {}).items()) or "margin"
+    return f"{values} (x{factor:g})"
+
+
 def _present(value: Any) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def grid_summary(table: Mapping[float, Mapping[int, float | None]], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
-    """Per learning rate (key ``lr_tag``): the dev AP of every seed (None where missing), their
-    mean and sample sd over the present seeds, and whether every seed is there."""
+GridKey = float | tuple[float, float]  # a learning rate, or (learning rate, margin factor)
+
+
+def _lr_factor(key: GridKey) -> tuple[float, float]:
+    return (float(key[0]), float(key[1])) if isinstance(key, tuple) else (float(key), 1.0)
+
+
+def grid_summary(table: Mapping[GridKey, Mapping[int, float | None]], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Per grid key (an lr, or an (lr, margin factor) pair; key ``grid_tag``): the dev AP of every
+    seed (None where missing), their mean and sample sd over the present seeds, and whether every
+    seed is there. Pair keys also record ``margin_factor``; plain lr keys keep the old entries."""
     out = {}
-    for lr in sorted(table):
-        cells = [table[lr].get(seed) for seed in seeds]
+    for key in sorted(table, key=_lr_factor):
+        lr, factor = _lr_factor(key)
+        cells = [table[key].get(seed) for seed in seeds]
         present = [float(v) for v in cells if _present(v)]
-        out[lr_tag(lr)] = {
-            "learning_rate": lr,
+        entry: dict[str, Any] = {"learning_rate": lr}
+        if isinstance(key, tuple):
+            entry["margin_factor"] = factor
+        entry.update({
             "dev_ap": [float(v) if _present(v) else None for v in cells],
             "dev_ap_mean": statistics.fmean(present) if present else None,
             "dev_ap_std": statistics.stdev(present) if len(present) > 1 else None,
             "complete": len(present) == len(seeds),
-        }
+        })
+        out[grid_tag(lr, factor)] = entry
     return out
 
 
-def choose_lr(table: Mapping[float, Mapping[int, float | None]], seeds: Sequence[int] | None = None) -> float | None:
-    """The learning rate with the highest mean dev AP over ``seeds`` (default: every seed in the table).
+def choose_lr(table: Mapping[Any, Mapping[int, float | None]], seeds: Sequence[int] | None = None) -> Any:
+    """The grid key (an lr, or an (lr, margin factor) pair) with the highest mean dev AP over
+    ``seeds`` (default: every seed in the table).
 
-    Only learning rates with a finite dev AP for *every* seed compete: a mean over fewer seeds
-    is not comparable, so a missing or NaN cell (a crashed or diverged run) drops that learning
-    rate. None when no learning rate is complete. Ties (equal to ``TIE_DIGITS`` decimals) go to
-    the smaller learning rate, the more conservative and the cheaper to reproduce.
+    Only keys with a finite dev AP for *every* seed compete: a mean over fewer seeds is not
+    comparable, so a missing or NaN cell (a crashed or diverged run) drops that key. None when
+    no key is complete. Ties (equal to ``TIE_DIGITS`` decimals) go to margin factor 1 (the
+    recipe's own margin), then to the smaller learning rate, the more conservative and the
+    cheaper to reproduce; then to the factor nearer 1, then the smaller factor.
     """
     if seeds is None:
         seeds = sorted({seed for cells in table.values() for seed in cells})
     if not seeds:
         return None
-    best: tuple[float, float] | None = None  # (rounded mean, -lr): max picks the higher mean, then the smaller lr
-    for lr, cells in table.items():
+    best: tuple[tuple[Any, ...], Any] | None = None
+    for key, cells in table.items():
         values = [cells.get(seed) for seed in seeds]
         if not all(_present(v) for v in values):
             continue
-        key = (round(statistics.fmean(float(v) for v in values), TIE_DIGITS), -lr)  # type: ignore[arg-type]
-        if best is None or key > best:
-            best = key
-    return None if best is None else -best[1]
+        lr, factor = _lr_factor(key)
+        # max picks the higher mean, then factor 1, then the smaller lr, the factor nearer 1, the smaller factor
+        rank = (round(statistics.fmean(float(v) for v in values), TIE_DIGITS), factor == 1.0, -lr,  # type: ignore[arg-type]
+                -abs(math.log(factor)), -factor)
+        if best is None or rank > best[0]:
+            best = (rank, key)
+    return None if best is None else best[1]
 
 
 # ----------------------------------------------------------------------------- average precision
@@ -130,21 +203,29 @@ def paired_bootstrap_ap_difference(labels: np.ndarray, ours: Sequence[np.ndarray
 
 
 def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the markdown grid table: one row per (system, learning rate)."""
-    header = ["system", "lr", "dev AP per seed", "dev AP mean ± sd", "chosen"]
+    """Header and rows of the markdown grid table: one row per (system, learning rate), or per
+    (system, learning rate, margin factor) with a ``margin`` column once any grid has factors."""
+    margins = any("margin_factor" in cell for info in tuning.values() for cell in info["grid"].values())
+    header = ["system", "lr", *(["margin"] if margins else []), "dev AP per seed", "dev AP mean ± sd", "chosen"]
+
+    def figures(cell: Mapping[str, Any]) -> tuple[str, str | None]:
+        per_seed = ", ".join("–" if v is None else f"{v:.4f}" for v in cell["dev_ap"])
+        mean = None if cell["dev_ap_mean"] is None else f"{cell['dev_ap_mean']:.4f}" + (
+            f" ± {cell['dev_ap_std']:.4f}" if cell["dev_ap_std"] is not None else "")
+        return per_seed, mean
+
     rows = []
     for name, info in tuning.items():
+        lr, factor = info.get("learning_rate"), info.get("margin_factor") or 1.0
         for tag, cell in info["grid"].items():
-            per_seed = ", ".join("–" if v is None else f"{v:.4f}" for v in cell["dev_ap"])
-            mean = None if cell["dev_ap_mean"] is None else f"{cell['dev_ap_mean']:.4f}" + (
-                f" ± {cell['dev_ap_std']:.4f}" if cell["dev_ap_std"] is not None else "")
-            chosen = info.get("learning_rate") is not None and lr_tag(info["learning_rate"]) == tag
-            rows.append([name, tag, per_seed, mean, "**yes**" if chosen else ("incomplete" if not cell["complete"] else "")])
+            margin = [margin_text(cell.get("margin"), cell.get("margin_factor", 1.0))] if margins else []
+            chosen = lr is not None and grid_tag(lr, factor) == tag
+            rows.append([name, lr_tag(cell["learning_rate"]), *margin, *figures(cell),
+                         "**yes**" if chosen else ("incomplete" if not cell["complete"] else "")])
         tuned = info.get("chosen_dev_ap")
-        if tuned:  # the lr was chosen on a subset of seeds: every tuned seed at that lr
-            per_seed = ", ".join("–" if v is None else f"{v:.4f}" for v in tuned["dev_ap"])
-            mean = None if tuned["dev_ap_mean"] is None else f"{tuned['dev_ap_mean']:.4f}" + (
-                f" ± {tuned['dev_ap_std']:.4f}" if tuned["dev_ap_std"] is not None else "")
-            rows.append([name, f"{lr_tag(info['learning_rate'])}, seeds {info['seeds']}", per_seed, mean,
-                         f"lr chosen on seeds {info['select_seeds']}"])
+        if tuned:  # the lr was chosen on a subset of seeds: every tuned seed at that lr (and margin)
+            margin = [margin_text(info.get("margin"), factor)] if margins else []
+            what = "lr and margin" if margins else "lr"
+            rows.append([name, f"{lr_tag(lr)}, seeds {info['seeds']}", *margin, *figures(tuned),
+                         f"{what} chosen on seeds {info['select_seeds']}"])
     return header, rows

@@ -21,7 +21,14 @@ cached under ``--work`` so a crashed run resumes and ``--rescore`` only recomput
 Fair-peer mode (``--lr-grid``): every fine-tuned system runs each learning rate and seed, keeps
 its best dev checkpoint, gets the lr with the best mean dev AP, and only then is scored on test
 (rows ``NAME_tuned``, mean ± sd over seeds), with a paired bootstrap interval of the test-AP
-difference between our best and the best peer (helpers in ``fair_peers.py``).
+difference between our best and the best peer (helpers in ``fair_peers.py``). ``--margin-grid``
+multiplies each system's margin-like loss parameter (metric-sim neg_margin / triplet margin /
+NT-Xent temperature; sentence-transformers OnlineContrastiveLoss margin / MNRL 1 / scale) by each
+factor, and the (lr, factor) pair is chosen jointly, by the same rule for every system:
+
+    PYTHONPATH=$PWD python benchmarks/quality.py --task mrpc --work runs/bench_mrpc \\
+        --systems zero_shot ms_contrastive_l2 st_online_contrastive --lr-grid 5e-5 \\
+        --margin-grid 0.5 1 1.5 --seeds 0 1 2 --select-seeds 0
 
     PYTHONPATH=$PWD python benchmarks/quality.py --task qqp --work runs/bench_qqp \\
         --json benchmarks/results_quality_qqp.json --markdown benchmarks/results_quality_qqp.md
@@ -51,10 +58,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, markdown_table, mean_std, write_json, write_outputs  # noqa: E402
 from fair_peers import (  # noqa: E402
     DEFAULT_LR_GRID,
+    cell_name,
     choose_lr,
     grid_summary,
+    grid_tag,
     lr_tag,
+    margin_text,
+    ms_margin,
     paired_bootstrap_ap_difference,
+    scaled_loss_params,
+    st_margin,
     tuning_table,
 )
 
@@ -277,44 +290,43 @@ def _metric_sim_row(ctx: Context, name: str, row: str, config: TrainConfig, labe
 def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_dir: Path, *, steps: int,
                                 batch_size: int, max_length: int, seed: int, callbacks: Sequence[Any] = (),
                                 learning_rate: float = ST_LR, dev: PairDataset | None = None, eval_steps: int | None = None,
-                                triplets: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                                triplets: dict[str, list[str]] | None = None, margin_factor: float = 1.0) -> dict[str, Any]:
     """Fine-tune with sentence-transformers' own trainer; save ``out_dir/model`` + ``st_train.json``.
 
     ``online_contrastive``: OnlineContrastiveLoss (cosine distance, margin 0.5) on all labelled
     pairs. ``mnrl``: MultipleNegativesRankingLoss on the similar pairs only, batches without
     duplicate texts (its recommended sampler). ``mnrl_hn``: the same loss on ``triplets``
-    (anchor, positive, negative) from ``util.mine_hard_negatives``. Warmup 0.1, fp32, lr and seed
-    as given. Without ``dev`` the final weights are kept (the trainer's default). With ``dev`` and
-    ``eval_steps``: a ``BinaryClassificationEvaluator`` scores dev AP of the Euclidean distance of
-    the (normalised) embeddings every ``eval_steps`` steps, a checkpoint is saved at each, and the
-    trainer's ``load_best_model_at_end`` keeps the best one, as metric-sim's trainer does.
+    (anchor, positive, negative) from ``util.mine_hard_negatives``. ``margin_factor`` scales the
+    loss's margin (see ``st_loss``). Warmup 0.1, fp32, lr and seed as given. Without ``dev`` the
+    final weights are kept (the trainer's default). With ``dev`` and ``eval_steps``: a
+    ``BinaryClassificationEvaluator`` scores dev AP of the Euclidean distance of the (normalised)
+    embeddings every ``eval_steps`` steps, a checkpoint is saved at each, and the trainer's
+    ``load_best_model_at_end`` keeps the best one, as metric-sim's trainer does.
     """
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
-        losses,
     )
     from sentence_transformers.training_args import BatchSamplers
 
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     model.max_seq_length = max_length
     a, b, y = train_pairs.texts_a, train_pairs.texts_b, train_pairs.labels.tolist()
+    loss = st_loss(model, loss_name, margin_factor)
     if loss_name == "online_contrastive":
         data = Dataset.from_dict({"sentence1": a, "sentence2": b, "label": y})
-        loss, sampler = losses.OnlineContrastiveLoss(model), BatchSamplers.BATCH_SAMPLER
+        sampler = BatchSamplers.BATCH_SAMPLER
     elif loss_name == "mnrl":
         keep = [i for i, label in enumerate(y) if label == 1]
         data = Dataset.from_dict({"anchor": [a[i] for i in keep], "positive": [b[i] for i in keep]})
-        loss, sampler = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES
-    elif loss_name == "mnrl_hn":
+        sampler = BatchSamplers.NO_DUPLICATES
+    else:  # mnrl_hn (st_loss refused any other name)
         if triplets is None:
             raise ValueError("mnrl_hn needs the mined (anchor, positive, negative) triplets")
         data = Dataset.from_dict({k: triplets[k] for k in ("anchor", "positive", "negative")})
-        loss, sampler = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES
-    else:
-        raise ValueError(f"unknown sentence-transformers loss {loss_name!r}")
+        sampler = BatchSamplers.NO_DUPLICATES
     from transformers import TrainingArguments
 
     # transformers 5 folds warmup_ratio into warmup_steps (a float < 1 is a fraction); 4.x has both.
@@ -345,7 +357,8 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     model.save(str(out_dir / "model"))
     info = {"loss": loss_name, "steps": steps, "batch_size": batch_size, "train_rows": len(data),
             "epochs": round(steps * batch_size / len(data), 3), "learning_rate": learning_rate, "warmup": ST_WARMUP,
-            "seed": seed, "train_s": round(seconds, 1), "pairs_per_s": round(steps * batch_size / seconds, 2)}
+            "seed": seed, "train_s": round(seconds, 1), "pairs_per_s": round(steps * batch_size / seconds, 2),
+            "margin_factor": margin_factor, "margin": st_margin(loss_name, margin_factor)}
     if evaluator is not None:
         curve = [[e["step"], e[ST_BEST_METRIC]] for e in trainer.state.log_history if ST_BEST_METRIC in e]
         eval_s = sum(e.get("eval_runtime", 0.0) for e in trainer.state.log_history if ST_BEST_METRIC in e)
@@ -356,6 +369,21 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
                      "train_s": round(seconds - eval_s, 1), "dev_eval_time_s": round(eval_s, 1)})
     write_json(out_dir / "st_train.json", info)
     return info
+
+
+def st_loss(model: Any, loss_name: str, factor: float = 1.0) -> Any:
+    """The sentence-transformers loss of ``loss_name`` with its margin for ``factor`` (``st_margin``):
+    OnlineContrastiveLoss(margin=0.5 * factor), MultipleNegativesRankingLoss(scale=20 / factor);
+    factor 1 is the library's default, as before the margin grid."""
+    try:
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers import losses
+
+    margin = st_margin(loss_name, factor)
+    if loss_name == "online_contrastive":
+        return losses.OnlineContrastiveLoss(model, **margin)
+    return losses.MultipleNegativesRankingLoss(model, **margin)  # mnrl, mnrl_hn
 
 
 def _rows_sentence_transformers(loss_name: str, label: str) -> Callable[[Context], None]:
@@ -447,28 +475,38 @@ def prune_checkpoints(run_dir: Path) -> int:
     return removed
 
 
-def grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
-    """One (system, lr, seed) cell, trained if needed; its checkpoints pruned unless kept."""
-    record = _grid_cell(ctx, name, lr, seed)
+def ms_cell_config(task: Task, name: str, lr: float, seed: int, factor: float = 1.0) -> TrainConfig:
+    """The TrainConfig of one metric-sim grid cell: the variant's at ``lr`` and ``seed``, keeping its
+    best dev checkpoint, its margin-like loss parameter times ``factor`` (``scaled_loss_params``)."""
+    config = _ms_config(task, name[3:]).replace(seed=seed, learning_rate=lr, load_best_model_at_end=True)
+    if factor == 1.0:  # exactly the config of the cells made before the margin grid
+        return config
+    return config.replace(loss_params=scaled_loss_params(config.loss, config.loss_params, factor))
+
+
+def grid_cell(ctx: Context, name: str, lr: float, seed: int, factor: float = 1.0) -> dict[str, Any]:
+    """One (system, lr, margin factor, seed) cell, trained if needed; its checkpoints pruned unless kept."""
+    record = _grid_cell(ctx, name, lr, seed, factor)
     if not ctx.keep_checkpoints:
         prune_checkpoints(ctx.store.work / "runs" / record["cell"])
     return record
 
 
-def _grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
-    """Train one (system, lr, seed) cell into ``WORK/runs/NAME@lrLR@sSEED`` (skipped when finished)
-    and return its record: the kept checkpoint's dev AP, the dev-AP curve, timings, the model path.
+def _grid_cell(ctx: Context, name: str, lr: float, seed: int, factor: float = 1.0) -> dict[str, Any]:
+    """Train one (system, lr, margin factor, seed) cell into ``WORK/runs/NAME@lrLR@sSEED`` (factor 1)
+    or ``NAME@lrLR@mFACTOR@sSEED`` (skipped when finished) and return its record: the kept
+    checkpoint's dev AP, the dev-AP curve, timings, the model path, the factor and margin values.
 
     Both systems evaluate dev AP of their raw distance every ``eval_steps`` steps (the task
     recipe's) and keep the best checkpoint; the cell's dev AP is that checkpoint's figure as the
     trainer recorded it (metric-sim: ``best_step_average_precision``; sentence-transformers:
     ``state.best_metric`` of the Euclidean-AP evaluator), so no extra encoding pass is needed.
     """
-    cell = f"{name}@lr{lr_tag(lr)}@s{seed}"
+    cell = cell_name(name, lr, seed, factor)
     run_dir = ctx.store.work / "runs" / cell
     c = ctx.task.config
     if name.startswith("ms_"):
-        config = _ms_config(ctx.task, name[3:]).replace(seed=seed, learning_rate=lr, load_best_model_at_end=True)
+        config = ms_cell_config(ctx.task, name, lr, seed, factor)
         if not (run_dir / "model" / "metric_sim.json").is_file():
             from metric_sim.training.resume import last_complete_checkpoint
 
@@ -481,6 +519,7 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
         dev = json.loads((run_dir / "metrics.json").read_text())["dev"]
         r = info["run"]
         return {"cell": cell, "system": name, "learning_rate": lr, "seed": seed, "model": str(run_dir / "model"),
+                "margin_factor": factor, "margin": ms_margin(config.loss, config.loss_params),
                 "dev_ap": dev.get("best_step_average_precision") or dev["average_precision"],
                 "best_checkpoint": dev.get("best_checkpoint"), "dev_curve": _ms_checkpoint_curve(run_dir),
                 "eval_steps": config.eval_steps, "steps": r["steps"], "metric": str(config.metric),
@@ -496,49 +535,63 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int) -> dict[str, Any]:
             shutil.rmtree(run_dir)  # a crashed cell trains again from the start
         train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
                                     max_length=c.max_length, seed=seed, learning_rate=lr, dev=ctx.task.dev,
-                                    eval_steps=c.eval_steps,
+                                    eval_steps=c.eval_steps, margin_factor=factor,
                                     triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
     info = json.loads((run_dir / "st_train.json").read_text())
     extra = {}
     if loss_name == "mnrl_hn":
         mined = st_mined_triplets(ctx)
         extra = {"mining_s": mined["mining_s"], "mined_triplets": mined["triplets"], "mining_options": mined["options"]}
-    return {"cell": cell, "system": name, "model": str(run_dir / "model"), "metric": "euclidean", **info, **extra}
+    return {"cell": cell, "system": name, "model": str(run_dir / "model"), "metric": "euclidean", **info, **extra,
+            "margin_factor": factor, "margin": st_margin(loss_name, factor)}  # also for cells older than the grid
 
 
 def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds: Sequence[int],
-              select_seeds: Sequence[int] | None = None) -> dict[str, Any]:
-    """The (lr, seed) cells of ``name`` for every lr and every seed of ``select_seeds`` (default:
-    ``seeds``); the lr with the best mean dev AP over them; then the remaining ``seeds`` at that lr
-    only, and for every seed rows ``NAME_tuned@sSEED`` with dev/test/test-swapped distances (test
-    is encoded for no other lr). Returns the tuning record: the chosen lr and the grid's dev figures."""
+              select_seeds: Sequence[int] | None = None, margin_grid: Sequence[float] | None = None) -> dict[str, Any]:
+    """The (lr, margin factor, seed) cells of ``name`` for every lr, every factor of ``margin_grid``
+    (None: factor 1 only, the plain lr grid) and every seed of ``select_seeds`` (default: ``seeds``);
+    the (lr, factor) with the best mean dev AP over them; then the remaining ``seeds`` at that pair
+    only, and for every seed rows ``NAME_tuned@sSEED`` with dev/test/test-swapped distances (test is
+    encoded for no other cell). Returns the tuning record: the choice and the grid's dev figures."""
     select = list(select_seeds) if select_seeds else list(seeds)
-    cells = {(lr, seed): grid_cell(ctx, name, lr, seed) for lr in grid for seed in select}
-    table: dict[float, dict[int, float | None]] = {}
-    for (lr, seed), cell in cells.items():
-        table.setdefault(lr, {})[seed] = cell.get("dev_ap")
-    chosen = choose_lr(table, select)
+    factors = list(margin_grid) if margin_grid else [1.0]
+    cells = {(lr, f, seed): grid_cell(ctx, name, lr, seed, f) for lr in grid for f in factors for seed in select}
+    table: dict[Any, dict[int, float | None]] = {}
+    for (lr, f, seed), cell in cells.items():  # plain lr keys without a margin grid: the old tags and JSON
+        table.setdefault((lr, f) if margin_grid else lr, {})[seed] = cell.get("dev_ap")
+    choice = choose_lr(table, select)
     summary = grid_summary(table, select)
     for entry in summary.values():  # best step per seed, so RESULTS.md can show where each run peaked
-        lr = entry["learning_rate"]
-        entry["best_step"] = [_best_step(cells[(lr, seed)]) for seed in select]
-        entry["dev_curve"] = [cells[(lr, seed)].get("dev_curve") for seed in select]
-        entry["train_s"] = [cells[(lr, seed)].get("train_s") for seed in select]
-    record = {"label": label, "learning_rate": chosen, "seeds": list(seeds), "select_seeds": select, "grid": summary,
+        lr, f = entry["learning_rate"], entry.get("margin_factor", 1.0)
+        entry["best_step"] = [_best_step(cells[(lr, f, seed)]) for seed in select]
+        entry["dev_curve"] = [cells[(lr, f, seed)].get("dev_curve") for seed in select]
+        entry["train_s"] = [cells[(lr, f, seed)].get("train_s") for seed in select]
+        if margin_grid:
+            entry["margin"] = cells[(lr, f, select[0])].get("margin")
+    chosen, factor = (None, None) if choice is None else (choice if margin_grid else (choice, 1.0))
+    record = {"label": label, "learning_rate": chosen, "margin_factor": factor,
+              "margin_grid": list(margin_grid) if margin_grid else None, "seeds": list(seeds), "select_seeds": select,
+              "grid": summary,
               "rule": f"highest mean dev AP over seeds {select} (complete lrs only); ties -> smaller lr"}
+    if margin_grid:
+        record["rule"] = (f"highest mean dev AP over seeds {select} (complete (lr, margin factor) pairs only); "
+                          "ties -> margin factor 1, then smaller lr")
     if chosen is None:
-        logger.warning("%s: no learning rate has a dev AP for every seed; no tuned row", name)
+        logger.warning("%s: no grid cell has a dev AP for every seed; no tuned row", name)
         return record
-    for seed in seeds:  # the chosen lr's other seeds, trained only now
-        if (chosen, seed) not in cells:
-            cells[(chosen, seed)] = grid_cell(ctx, name, chosen, seed)
-    if set(seeds) != set(select):  # dev AP of every tuned seed at the chosen lr
-        chosen_dev = [cells[(chosen, seed)].get("dev_ap") for seed in seeds]
+    for seed in seeds:  # the chosen pair's other seeds, trained only now
+        if (chosen, factor, seed) not in cells:
+            cells[(chosen, factor, seed)] = grid_cell(ctx, name, chosen, seed, factor)
+    if margin_grid:
+        record["margin"] = cells[(chosen, factor, seeds[0])].get("margin")
+    if set(seeds) != set(select):  # dev AP of every tuned seed at the chosen pair
+        chosen_dev = [cells[(chosen, factor, seed)].get("dev_ap") for seed in seeds]
         present = [float(v) for v in chosen_dev if v is not None]
         record["chosen_dev_ap"] = {"dev_ap": chosen_dev, "dev_ap_mean": statistics.fmean(present) if present else None,
                                    "dev_ap_std": statistics.stdev(present) if len(present) > 1 else None}
+    tuned = f"lr {lr_tag(chosen)}" + (f", {margin_text(record.get('margin'), factor)}" if margin_grid else "")
     for seed in seeds:
-        row, cell = f"{name}_tuned@s{seed}", cells[(chosen, seed)]
+        row, cell = f"{name}_tuned@s{seed}", cells[(chosen, factor, seed)]
         if ctx.store.has(row) and ctx.store.load(row)[1].get("cell") == cell["cell"]:
             continue
         if name.startswith("ms_"):
@@ -549,7 +602,7 @@ def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds:
         started = time.perf_counter()
         arrays = encoder_distances(encoder, [metric], ctx.task)[metric]
         ctx.store.save(row, arrays, {**cell, "kind": "distance", "metric": metric.value,
-                                     "label": f"{label}, lr {lr_tag(chosen)} tuned on dev, best dev checkpoint",
+                                     "label": f"{label}, {tuned} tuned on dev, best dev checkpoint",
                                      "eval_s": round(time.perf_counter() - started, 1)})
     return record
 
@@ -566,12 +619,12 @@ def _best_step(cell: dict[str, Any]) -> int | None:
 
 def tuned_bootstrap(store: Store, task: Task, tuning: dict[str, Any], *, resamples: int, seed: int = 0) -> dict[str, Any] | None:
     """Paired bootstrap of the test-AP difference, our best tuned row vs the best tuned peer row,
-    "best" by mean dev AP at the chosen lr (test does not pick the rows it is then scored on)."""
+    "best" by mean dev AP at the chosen lr and margin (test does not pick the rows it is then scored on)."""
     def dev_mean(name: str) -> float:
         info = tuning[name]
         if "chosen_dev_ap" in info:  # every tuned seed's dev AP, not only the selection seeds'
             return info["chosen_dev_ap"]["dev_ap_mean"]
-        return info["grid"][lr_tag(info["learning_rate"])]["dev_ap_mean"]
+        return info["grid"][grid_tag(info["learning_rate"], info.get("margin_factor") or 1.0)]["dev_ap_mean"]
 
     chosen = [n for n in tuning if tuning[n].get("learning_rate") is not None]
     ours = [n for n in chosen if n.startswith("ms_")]
@@ -874,9 +927,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "lr and seed, keep each run's best dev checkpoint, choose the lr per system on mean dev AP, "
                              "score test once for that lr (rows NAME_tuned@sSEED). Without values: "
                              + " ".join(lr_tag(lr) for lr in DEFAULT_LR_GRID))
+    parser.add_argument("--margin-grid", type=float, nargs="+", default=None, metavar="F",
+                        help="fair-peer mode, with --lr-grid: positive factors on each tuned system's margin-like "
+                             "loss parameter, chosen jointly with the lr on mean dev AP (ties: factor 1, then the "
+                             "smaller lr). metric-sim contrastive: neg_margin (and pos_margin, 0 in the recipes); "
+                             "triplet: margin; NT-Xent: temperature; sentence-transformers OnlineContrastiveLoss: "
+                             "margin 0.5 x F; MNRL: scale 20 / F (temperature x F). Runs NAME@lrLR@mF@sSEED, "
+                             "NAME@lrLR@sSEED at F = 1 (default: 1 only)")
     parser.add_argument("--select-seeds", type=int, nargs="+", default=None,
-                        help="fair-peer mode: seeds trained at every lr to choose it (default: all the tuned seeds); "
-                             "the other seeds are trained at the chosen lr only")
+                        help="fair-peer mode: seeds trained at every lr (and margin factor) to choose it (default: "
+                             "all the tuned seeds); the other seeds are trained at the chosen one only")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="fair-peer mode: keep each cell's Trainer checkpoints (default: pruned once the cell "
                              "is finished, but their trainer_state.json)")
@@ -902,6 +962,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if any(not (math.isfinite(lr) and lr > 0) for lr in grid):
             parser.error(f"--lr-grid takes positive learning rates, got {args.lr_grid}")
         args.lr_grid = grid
+    if args.margin_grid is not None:
+        if args.lr_grid is None:
+            parser.error("--margin-grid applies only with --lr-grid")
+        bad = [f for f in args.margin_grid if not (math.isfinite(f) and f > 0)]
+        if bad:
+            parser.error(f"--margin-grid takes positive finite factors, got {', '.join(f'{f:g}' for f in bad)}")
+        args.margin_grid = sorted(set(args.margin_grid))
     if args.bootstrap < 0:
         parser.error(f"--bootstrap takes a number of resamples >= 0, got {args.bootstrap}")
     seeds = args.train_seeds or args.seeds
@@ -928,9 +995,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def tuning_markdown(tuning: dict[str, Any], bootstrap: dict[str, Any] | None) -> str:
-    """The grid's dev figures (every lr of every tuned system) and the bootstrap interval."""
+    """The grid's dev figures (every lr, and margin factor, of every tuned system) and the bootstrap interval."""
     header, rows = tuning_table(tuning)
-    text = "Learning-rate grid, dev AP of each run's best dev checkpoint:\n\n" + markdown_table(header, rows)
+    grid = "Learning-rate x margin grid" if "margin" in header else "Learning-rate grid"
+    text = f"{grid}, dev AP of each run's best dev checkpoint:\n\n" + markdown_table(header, rows)
     if bootstrap:
         b = bootstrap
         text += (f"\n\nTest AP difference {b['ours']} - {b['peer']} (mean over seeds): {b['difference']:+.4f}, "
@@ -959,15 +1027,18 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             if args.lr_grid is not None and tunable(name):
                 label = getattr(SYSTEMS[name][0], "label", name)
-                tuning[name] = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds, args.select_seeds)
+                tuning[name] = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds, args.select_seeds,
+                                         args.margin_grid)
                 write_json(tuning_file, tuning)
             else:
                 SYSTEMS[name][0](ctx)
             logger.info("%s: done in %.0f s", name, time.perf_counter() - started)
     results = score_all(store, task)
-    for name, info in tuning.items():  # the chosen lr next to the tuned row
+    for name, info in tuning.items():  # the chosen lr (and margin) next to the tuned row
         if f"{name}_tuned" in results:
             results[f"{name}_tuned"]["learning_rate"] = info["learning_rate"]
+            if info.get("margin_grid"):
+                results[f"{name}_tuned"].update(margin_factor=info["margin_factor"], margin=info.get("margin"))
     boot = (tuned_bootstrap(store, task, tuning, resamples=args.bootstrap) if tuning and args.bootstrap else None)
     payload = {"task": task.name, "quick": args.quick, "recipe": TASKS[task.name], "steps": task.steps,
                "batch_size": task.config.batch_size, "max_length": task.config.max_length,
@@ -978,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
     if tuning:
         payload.update({"lr_grid": sorted({e["learning_rate"] for t in tuning.values() for e in t["grid"].values()}),
                         "tuning": tuning, "bootstrap": boot})
+        factors = {e["margin_factor"] for t in tuning.values() for e in t["grid"].values() if "margin_factor" in e}
+        if factors:
+            payload["margin_grid"] = sorted(factors)
     table = results_table(results)
     if tuning:
         table += "\n\n" + tuning_markdown(tuning, boot)

@@ -357,7 +357,7 @@ def test_run_tuned_with_select_seeds_trains_every_lr_on_those_seeds_and_the_rest
               (2e-5, 1): 0.99, (1e-4, 2): 0.99}  # cells the selection must never train
     trained = []
 
-    def fake_cell(ctx, name, lr, seed):
+    def fake_cell(ctx, name, lr, seed, factor=1.0):
         trained.append((lr, seed))
         return {"cell": f"{name}@lr{quality.lr_tag(lr)}@s{seed}", "dev_ap": dev_ap[(lr, seed)]}
 
