@@ -128,3 +128,12 @@ def test_full_run_writes_outputs_with_exact_flat_and_oracle_checked_compressed_r
     fits = {(e["kind"], e["metric"], e["quantity"]) for e in report["extrapolation"]}
     assert ("ivfpq", "manhattan", "single-query ms") in fits and len(fits) == 16
     assert "size 4,000, manhattan, 20 queries" in capsys.readouterr().out
+
+
+def test_builds_name_one_compressed_index_per_code_width_and_leave_the_others_alone():
+    assert index_scale.builds(["flat", "hnsw", "ivfpq"], None) == [
+        ("flat", "flat", {}), ("hnsw", "hnsw", {}), ("ivfpq", "ivfpq", {})]
+    assert index_scale.builds(["ivfpq", "hnsw", "opq-ivfpq"], [4, 8]) == [
+        ("flat", "flat", {}), ("ivfpq nbits=4", "ivfpq", {"nbits": 4}), ("ivfpq nbits=8", "ivfpq", {"nbits": 8}),
+        ("hnsw", "hnsw", {}), ("opq-ivfpq nbits=4", "opq-ivfpq", {"nbits": 4}),
+        ("opq-ivfpq nbits=8", "opq-ivfpq", {"nbits": 8})]
