@@ -42,7 +42,7 @@ def _add_index_kind_args(parser: argparse.ArgumentParser, default_kind: str) -> 
     parser.add_argument("--nprobe", type=int, default=None, help="ivf, ivfpq: lists searched per query (default max(16, nlist/10))")
     parser.add_argument("--pq-m", dest="m", type=int, default=None,
                         help="ivfpq: sub-quantizers, must divide the dimension (default: largest divisor <= dim/8)")
-    parser.add_argument("--nbits", type=int, default=None, help="ivfpq: bits per sub-quantizer code (default 8)")
+    parser.add_argument("--nbits", type=int, default=None, help="ivfpq: bits per sub-quantizer code (default 4: FAISS fast-scan codes)")
     parser.add_argument("--rerank", type=int, default=None,
                         help="ivfpq: candidates re-ranked exactly per query (default 10*k, at least k)")
 
