@@ -1,4 +1,5 @@
-"""ONNX Runtime (fp32, int8) vs PyTorch encoding of QQP dev + test questions, in one run.
+"""ONNX Runtime (fp32, int8) vs PyTorch (float32, bfloat16 autocast) encoding of QQP dev + test
+questions, in one run.
 
 Exports the model (``--model``: the packaged all-MiniLM-L6-v2 by default, a training run
 folder or a model folder, as ``metric-sim export`` takes) with ``--onnx --quantize int8``, then:
@@ -44,10 +45,12 @@ from metric_sim import (  # noqa: E402
     paired_distances_numpy,
 )
 
-BACKENDS = ("pytorch", "onnx_fp32", "onnx_int8")
+BACKENDS = ("pytorch", "pytorch_bf16", "onnx_fp32", "onnx_int8")
 CALIBRATION_SPLIT = "qqp:dev"
-# (backend, reference): the quality cost of int8 against the fp32 graph and against PyTorch.
-CHANGES = {"int8_minus_fp32": ("onnx_int8", "onnx_fp32"), "int8_minus_pytorch": ("onnx_int8", "pytorch")}
+# (backend, reference): the quality cost of int8 against the fp32 graph and against PyTorch, and
+# of PyTorch's bfloat16 autocast against its float32.
+CHANGES = {"int8_minus_fp32": ("onnx_int8", "onnx_fp32"), "int8_minus_pytorch": ("onnx_int8", "pytorch"),
+           "bf16_minus_pytorch": ("pytorch_bf16", "pytorch")}
 CHANGED_FIGURES = ("average_precision", "ece")
 
 
@@ -99,7 +102,8 @@ def quality_figures(dev_distances: Any, dev_labels: Any, test_distances: Any, te
 
 
 def quality_changes(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """int8 minus fp32 and int8 minus PyTorch, for AP and ECE (negative AP, positive ECE: int8 is worse)."""
+    """int8 minus fp32, int8 minus PyTorch and bf16 minus PyTorch, for AP and ECE (negative AP,
+    positive ECE: the cheaper backend is worse)."""
     return {name: {key: float(figures[a][key] - figures[b][key]) for key in CHANGED_FIGURES}
             for name, (a, b) in CHANGES.items() if a in figures and b in figures}
 
@@ -201,8 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_model(args.model, folder, onnx=True, quantize="int8", overwrite=True)
             print(f"exported {args.model} -> {folder} in {time.perf_counter() - started:.1f} s")
         metric = SimilarityModel.from_pretrained(folder).metric
+        bf16 = Encoder.from_pretrained(folder)
+        bf16.set_inference_precision("bfloat16")
         backends = {
             "pytorch": Encoder.from_pretrained(folder),
+            "pytorch_bf16": bf16,
             "onnx_fp32": OnnxEncoder.from_pretrained(folder, threads=args.threads),
             "onnx_int8": OnnxEncoder.from_pretrained(folder, quantized=True, threads=args.threads),
         }

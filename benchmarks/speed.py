@@ -5,13 +5,14 @@ peak RSS (``ru_maxrss``) and no system inherits another's memory or warm caches.
 are compared are interleaved round by round (A B, B A, A B, ...) and reported as medians and
 the ratio of medians, so load from other jobs on the machine hits both alike.
 
-* ceiling: fp32 matmul GFLOP/s (2048^3, ``--threads``) and the encoder's FLOPs per token
+* ceiling: fp32 and bf16 matmul GFLOP/s (2048^3, ``--threads``) and the encoder's FLOPs per token
   from its config (2 (4 d^2 + 2 d f) per layer + 4 d L per layer for attention, L = length);
 * training throughput (pairs/s) on the same QQP pairs, batch 32, max length 128:
   ``metric_sim.train`` vs ``SentenceTransformerTrainer`` with OnlineContrastiveLoss;
   ``--warmup-steps`` untimed, then ``--train-steps`` timed;
-* encoding throughput (sentences/s) on the QQP test questions: metric-sim PyTorch,
-  sentence-transformers ``encode``, metric-sim ONNX fp32 and int8 (``export_model``);
+* encoding throughput (sentences/s) on the QQP test questions: metric-sim PyTorch (float32, and
+  bfloat16 autocast, measured against the bf16 matmul ceiling), sentence-transformers ``encode``,
+  metric-sim ONNX fp32 and int8 (``export_model``);
 * FAISS flat vs HNSW through ``NeighborIndex`` on random 384-d vectors: batch queries/s,
   single-query latency and recall@10 against flat, for corpus sizes ``--index-sizes``;
 * scaling: training time against the number of pairs (``--scaling-pairs``).
@@ -172,10 +173,12 @@ def _test_texts(limit: int | None) -> list[str]:
 def child_encode(backend: str, export_dir: str, limit: int | None, batch_size: int, onnx_threads: int) -> dict[str, Any]:
     """Sentences/s of one backend over the QQP test questions (after a 256-text warm-up)."""
     texts = _test_texts(limit)
-    if backend == "metric_sim_torch":
+    if backend in ("metric_sim_torch", "metric_sim_torch_bf16"):
         from metric_sim import Encoder
 
         encoder = Encoder.from_pretrained("default", max_length=128)
+        if backend == "metric_sim_torch_bf16":
+            encoder.set_inference_precision("bfloat16")
         run = lambda t: encoder.encode(t, batch_size=batch_size)  # noqa: E731
     elif backend == "sentence_transformers":
         from sentence_transformers import SentenceTransformer
@@ -223,10 +226,10 @@ def child_index(kind: str, size: int, dim: int, queries: int, seed: int) -> dict
             "ids": ids, "params": dict(index.params)}
 
 
-def child_matmul(n: int = 2048, repeats: int = 10) -> dict[str, Any]:
+def child_matmul(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> dict[str, Any]:
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
@@ -234,7 +237,7 @@ def child_matmul(n: int = 2048, repeats: int = 10) -> dict[str, Any]:
         torch.mm(a, b)
         times.append(time.perf_counter() - started)
     return {"gflops": 2 * n ** 3 / statistics.median(times) / 1e9, "best_gflops": 2 * n ** 3 / min(times) / 1e9, "n": n,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "dtype": dtype}
 
 
 CHILDREN = {"train": child_train, "train_scaling": child_train_scaling, "encode": child_encode,
@@ -283,17 +286,19 @@ def section_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     from metric_sim import Encoder
 
     matmul = run_child("matmul", args.threads)
+    matmul_bf16 = run_child("matmul", args.threads, dtype="bfloat16")
     encoder = Encoder.from_pretrained("default", max_length=128)
     cfg = encoder.model.config
     texts = _test_texts(args.encode_limit)
     counts = np.array([len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=128)["input_ids"]])
     dims = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers)
     per_sentence = sentence_flops(counts, *dims)
-    return {"matmul": matmul, "hidden": dims[0], "intermediate": dims[1], "layers": dims[2],
+    return {"matmul": matmul, "matmul_bf16": matmul_bf16, "hidden": dims[0], "intermediate": dims[1], "layers": dims[2],
             "flops_per_token_constant": encoder_flops_per_token(*dims, 0),
             "flops_per_token_per_length": encoder_flops_per_token(*dims, 1) - encoder_flops_per_token(*dims, 0),
             "mean_tokens": float(counts.mean()), "mean_useful_flops_per_sentence": float(per_sentence.mean()),
-            "ceiling_sentences_per_s": matmul["gflops"] * 1e9 / float(per_sentence.mean())}
+            "ceiling_sentences_per_s": matmul["gflops"] * 1e9 / float(per_sentence.mean()),
+            "ceiling_sentences_per_s_bf16": matmul_bf16["gflops"] * 1e9 / float(per_sentence.mean())}
 
 
 def section_training(args: argparse.Namespace) -> dict[str, Any]:
@@ -318,7 +323,7 @@ def section_encoding(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     export_dir = work / "export_default"
     if not (export_dir / "onnx" / "model_int8.onnx").is_file():
         export_model("default", export_dir, onnx=True, quantize="int8", overwrite=True)
-    names = ["metric_sim_torch", "sentence_transformers", "onnx_fp32", "onnx_int8"]
+    names = ["metric_sim_torch", "metric_sim_torch_bf16", "sentence_transformers", "onnx_fp32", "onnx_int8"]
     values: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
@@ -405,16 +410,25 @@ def tables(results: dict[str, Any]) -> str:
         parts.append(f"fp32 matmul {c['matmul']['n']}^3: {c['matmul']['gflops']:.0f} GFLOP/s (median; best {c['matmul']['best_gflops']:.0f}); "
                      f"encoder FLOPs/token {c['flops_per_token_constant'] / 1e6:.2f} M + {c['flops_per_token_per_length']:,.0f} x length; "
                      f"{c['mean_tokens']:.1f} tokens per test question -> useful-work ceiling {c['ceiling_sentences_per_s']:.0f} sentences/s")
+        if "matmul_bf16" in c:
+            parts.append(f"bf16 matmul: {c['matmul_bf16']['gflops']:.0f} GFLOP/s (median) -> bf16 ceiling "
+                         f"{c['ceiling_sentences_per_s_bf16']:.0f} sentences/s")
     if "training" in results:
         t = results["training"]
         parts.append(markdown_table(["training", "pairs/s (median)", "all rounds", "ratio", "peak RSS MiB"], [
             [n, f"{v['median']:.1f}", ", ".join(f"{x:.1f}" for x in v["all"]), f"{v['ratio']:.2f}x", f"{t['peak_rss_mib'][n]:.0f}"]
             for n, v in t["pairs_per_s"].items()]))
     if "encoding" in results:
-        e, ceiling = results["encoding"], results.get("ceiling", {}).get("ceiling_sentences_per_s")
-        parts.append(markdown_table(["encoding", "sentences/s (median)", "all rounds", "ratio vs PyTorch", "of ceiling", "peak RSS MiB"], [
+        e, c = results["encoding"], results.get("ceiling", {})
+
+        def of_ceiling(name: str, rate: float) -> str | None:  # the bf16 row against the bf16 matmul rate
+            ceiling = c.get("ceiling_sentences_per_s_bf16" if name.endswith("_bf16") else "ceiling_sentences_per_s")
+            return f"{rate / ceiling:.0%}" if ceiling else None
+
+        parts.append(markdown_table(["encoding", "sentences/s (median)", "all rounds", "ratio vs PyTorch",
+                                     "of ceiling (bf16 row: bf16 ceiling)", "peak RSS MiB"], [
             [n, f"{v['median']:.0f}", ", ".join(f"{x:.0f}" for x in v["all"]), f"{v['ratio']:.2f}x",
-             f"{v['median'] / ceiling:.0%}" if ceiling else None, f"{e['peak_rss_mib'][n]:.0f}"]
+             of_ceiling(n, v["median"]), f"{e['peak_rss_mib'][n]:.0f}"]
             for n, v in e["sentences_per_s"].items()]))
     if "index" in results:
         parts.append(markdown_table(["index", "vectors", "build s", "queries/s (batch)", "latency ms (1 query)", "recall@10", "peak RSS MiB"], [

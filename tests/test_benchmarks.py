@@ -303,8 +303,19 @@ def test_speed_tables_and_plots(tmp_path):
         "scaling": {"rows": [{"system": "metric_sim", "pairs": n, "steps": n // 32, "seconds": n / 60, "pairs_per_s": 60.0,
                               "peak_rss_mib": 900.0} for n in (256, 512)]},
     }
+    results["ceiling"] = {"matmul": {"n": 2048, "gflops": 100.0, "best_gflops": 110.0},
+                          "matmul_bf16": {"n": 2048, "gflops": 200.0}, "flops_per_token_constant": 2e7,
+                          "flops_per_token_per_length": 9216, "mean_tokens": 16.0,
+                          "ceiling_sentences_per_s": 400.0, "ceiling_sentences_per_s_bf16": 800.0}
+    results["encoding"] = {"sentences_per_s": speed.summarise({"metric_sim_torch": [200.0],
+                                                               "metric_sim_torch_bf16": [400.0]}, "metric_sim_torch"),
+                           "peak_rss_mib": {"metric_sim_torch": 500.0, "metric_sim_torch_bf16": 480.0}}
     text = speed.tables(results)
     assert "| metric_sim | 60.0 | 60.0 | 2.00x | 900 |" in text
+    # each PyTorch row against the ceiling of its own precision: 200/400 and 400/800
+    assert "| metric_sim_torch | 200 | 200 | 1.00x | 50% | 500 |" in text
+    assert "| metric_sim_torch_bf16 | 400 | 400 | 2.00x | 50% | 480 |" in text
+    assert "bf16 ceiling 800 sentences/s" in text
     assert "| hnsw | 10,000 |" in text
     assert speed.plot_scaling(results, tmp_path) == ["speed_training_scaling.png", "speed_index_scaling.png"]
     for name in ("speed_training_scaling.png", "speed_index_scaling.png"):

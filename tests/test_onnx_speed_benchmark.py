@@ -69,7 +69,7 @@ def test_quality_figures_match_sklearn_and_hand_computed():
 def test_score_backends_reports_the_int8_changes():
     rng = np.random.default_rng(1)
     (dev_d, dev_y), (test_d, test_y) = _split(rng, 300), _split(rng, 300)
-    noise = {"pytorch": 0.0, "onnx_fp32": 1e-7, "onnx_int8": 0.08}
+    noise = {"pytorch": 0.0, "pytorch_bf16": 0.01, "onnx_fp32": 1e-7, "onnx_int8": 0.08}
     distances = {name: {"dev": np.abs(dev_d + s * rng.standard_normal(dev_d.size)),
                         "test": np.abs(test_d + s * rng.standard_normal(test_d.size))} for name, s in noise.items()}
     scored = onnx_speed.score_backends(distances, {"dev": dev_y, "test": test_y}, "manhattan")
@@ -78,10 +78,12 @@ def test_score_backends_reports_the_int8_changes():
         assert figures[name]["average_precision"] == pytest.approx(average_precision_score(test_y, -d["test"]), abs=1e-12)
         assert figures[name] == onnx_speed.quality_figures(d["dev"], dev_y, d["test"], test_y, "manhattan")
     changes = scored["changes"]
-    assert set(changes) == {"int8_minus_fp32", "int8_minus_pytorch"}
-    for name, reference in (("int8_minus_fp32", "onnx_fp32"), ("int8_minus_pytorch", "pytorch")):
+    assert set(changes) == {"int8_minus_fp32", "int8_minus_pytorch", "bf16_minus_pytorch"}
+    for name, backend, reference in (("int8_minus_fp32", "onnx_int8", "onnx_fp32"),
+                                     ("int8_minus_pytorch", "onnx_int8", "pytorch"),
+                                     ("bf16_minus_pytorch", "pytorch_bf16", "pytorch")):
         for key in ("average_precision", "ece"):
-            assert changes[name][key] == figures["onnx_int8"][key] - figures[reference][key]
+            assert changes[name][key] == figures[backend][key] - figures[reference][key]
     assert changes["int8_minus_fp32"]["average_precision"] != 0.0  # the noise changed the ranking
     assert onnx_speed.quality_changes({"pytorch": figures["pytorch"]}) == {}
 
@@ -139,7 +141,7 @@ def test_main_end_to_end_on_a_tiny_exported_run(run_folder, tmp_path, monkeypatc
     assert result["pairs"] == {"dev": 20, "test": 20} and result["texts"] == len(texts)
     assert "speed_sentences_per_s" not in result and "parity" not in result
     assert set(result["onnx_bytes"]) == {"model.onnx", "model_int8.onnx"}
-    assert set(result["quality"]) == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert set(result["quality"]) == {"pytorch", "pytorch_bf16", "onnx_fp32", "onnx_int8"}
     for figures in result["quality"].values():
         assert {"average_precision", "roc_auc", "ece", "accuracy", "best_accuracy_in_sample", "threshold",
                 "calibrator", "max_abs_diff_vs_pytorch"} <= set(figures)
@@ -149,6 +151,9 @@ def test_main_end_to_end_on_a_tiny_exported_run(run_folder, tmp_path, monkeypatc
     assert changes["int8_minus_pytorch"]["average_precision"] == pytest.approx(
         q["onnx_int8"]["average_precision"] - q["pytorch"]["average_precision"], abs=1e-15)
     assert q["pytorch"]["max_abs_diff_vs_pytorch"] == 0.0 and q["onnx_fp32"]["max_abs_diff_vs_pytorch"] <= 1e-4
+    assert 0.0 < q["pytorch_bf16"]["max_abs_diff_vs_pytorch"] < 0.05  # bfloat16 products: close, not equal
+    assert changes["bf16_minus_pytorch"]["average_precision"] == pytest.approx(
+        q["pytorch_bf16"]["average_precision"] - q["pytorch"]["average_precision"], abs=1e-15)
 
     # Oracle: the PyTorch row recomputed from the exported encoder, each split's pairs encoded on their own.
     encoder = Encoder.from_pretrained(tmp_path / "export")

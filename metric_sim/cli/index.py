@@ -26,6 +26,9 @@ def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default=None, help="column holding the texts (tables; default: text)")
     parser.add_argument("--id-column", default=None, help="column holding unique ids (default: line number / row)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "fp32", "bf16"],
+                        help="encoding precision: bfloat16 autocast is ~1.7x faster on CPUs with AVX512-BF16/AMX and "
+                             "slower elsewhere; vectors move by ~1e-3 (default: %(default)s)")
 
 
 def _add_index_kind_args(parser: argparse.ArgumentParser, default_kind: str) -> None:
@@ -73,6 +76,7 @@ def _build_corpus_index(args: argparse.Namespace) -> tuple[Any, Any]:
 
     corpus = _load_items(args)
     model = load_similarity_model(args.model)
+    model.encoder.set_inference_precision(args.precision)
     logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
     index = NeighborIndex.build(
         model, corpus.texts, corpus.ids, kind=args.kind, batch_size=args.batch_size, show_progress=True, **_index_params(args)
@@ -148,6 +152,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     shard_size = require_positive_int("--shard-size", args.shard_size) if args.shard_size is not None else SHARD_SIZE
     corpus = _load_items(args)
     model = load_similarity_model(args.model)
+    model.encoder.set_inference_precision(args.precision)
     logger.info("corpus %s: %d texts; model %s (%s)", corpus.source, len(corpus), args.model, model.metric.value)
     # One code path with or without torchrun: each rank encodes its shards, rank 0 builds the index.
     built = build_index_sharded(

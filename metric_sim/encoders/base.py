@@ -125,6 +125,16 @@ class TrainableEncoder(ItemEncoder):
     final vectors are L2-normalised.
     """
 
+    #: Precision of ``encode`` (never of training): ``float32``, or ``bfloat16`` autocast (see
+    #: :mod:`metric_sim.encoders.precision`). A plain attribute: set it with :meth:`set_inference_precision`.
+    inference_precision: str = "float32"
+
+    def set_inference_precision(self, precision: str) -> None:
+        """Make ``encode`` compute in ``precision`` (``float32`` or ``bfloat16``; ``fp32`` / ``bf16`` too)."""
+        from metric_sim.encoders.precision import parse_precision
+
+        self.inference_precision = parse_precision(precision)
+
     @abstractmethod
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Model inputs for a batch of items (padded to the batch), as ``forward`` takes them."""

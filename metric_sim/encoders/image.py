@@ -51,6 +51,7 @@ from metric_sim.encoders.image_transforms import (
     from_hf_processor,
     preprocess_spec,
 )
+from metric_sim.encoders.precision import autocast
 from metric_sim.encoders.small_cnn import SmallCNN
 from metric_sim.encoders.text import transformer_layer_groups
 from metric_sim.errors import (
@@ -202,7 +203,7 @@ class ImageEncoder(nn.Module, TrainableEncoder):
         was_training = self.training
         self.eval()
         try:
-            with self.channels_last(), torch.inference_mode():
+            with self.channels_last(), torch.inference_mode(), autocast(self.inference_precision, target.type):
                 return embed_in_order(len(items), self.item_sizes(items), embed_rows, dim=self.embedding_dim,
                                       batch_size=batch_size, show_progress=show_progress, unit="image")
         finally:

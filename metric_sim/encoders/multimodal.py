@@ -39,6 +39,7 @@ from torch import nn
 from metric_sim.encoders.base import TrainableEncoder
 from metric_sim.encoders.batching import embed_in_order
 from metric_sim.encoders.image import DEFAULT_IMAGE_MODEL, ImageEncoder, image_encoder_from_name
+from metric_sim.encoders.precision import autocast
 from metric_sim.encoders.registry import load_encoder
 from metric_sim.errors import (
     ConfigError,
@@ -234,7 +235,7 @@ class ProductEncoder(nn.Module, TrainableEncoder):
         was_training = self.training
         self.eval()
         try:
-            with self.image.channels_last(), torch.inference_mode():
+            with self.image.channels_last(), torch.inference_mode(), autocast(self.inference_precision, target.type):
                 return embed_in_order(len(records), self.item_sizes(records), embed_rows, dim=self.embedding_dim,
                                       batch_size=batch_size, show_progress=show_progress, unit="record")
         finally:

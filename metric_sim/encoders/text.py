@@ -22,6 +22,7 @@ from torch import nn
 
 from metric_sim.encoders.base import TEXT_POOLING_MODES, TrainableEncoder, read_encoder_settings
 from metric_sim.encoders.batching import encode_sorted_batches, padding_groups, token_counts
+from metric_sim.encoders.precision import autocast
 from metric_sim.errors import EncoderLoadError, InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.layout import (
     CONFIG_FILE,
@@ -417,7 +418,7 @@ class Encoder(nn.Module, TrainableEncoder):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.inference_precision, target.type):
                 return encode_sorted_batches(
                     texts,
                     self.tokenizer,
