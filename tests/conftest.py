@@ -68,6 +68,23 @@ BASE_WORDS = (
 ).split()
 
 
+class MemoryRowStore:
+    """quality.py's row store in memory (``has`` / ``load`` / ``save``), for run_tuned tests:
+    ``rows`` maps a row name to its saved meta (put rows there to make them cached)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def has(self, row: str) -> bool:
+        return row in self.rows
+
+    def load(self, row: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {}, self.rows[row]
+
+    def save(self, row: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        self.rows[row] = meta
+
+
 def build_tiny_tokenizer(extra_texts: list[str] | None = None):
     """A word-level BERT-style tokenizer over a small fixed vocabulary (+ words of extra_texts)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors

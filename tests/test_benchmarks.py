@@ -11,6 +11,8 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from tests.conftest import MemoryRowStore
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -350,17 +352,6 @@ def test_peak_rss_is_this_process_not_the_parent():
     del ballast
 
 
-class _CachedRows:
-    """A store whose tuned rows are all cached for the cell they name: run_tuned then encodes nothing."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict] = {}
-
-    def has(self, row: str) -> bool:
-        return row in self.rows
-
-    def load(self, row: str) -> tuple[dict, dict]:
-        return {}, self.rows[row]
 
 
 def test_run_tuned_with_select_seeds_trains_every_lr_on_those_seeds_and_the_rest_at_the_chosen_lr_only(monkeypatch):
@@ -373,7 +364,7 @@ def test_run_tuned_with_select_seeds_trains_every_lr_on_those_seeds_and_the_rest
         return {"cell": f"{name}@lr{quality.lr_tag(lr)}@s{seed}", "dev_ap": dev_ap[(lr, seed)]}
 
     monkeypatch.setattr(quality, "grid_cell", fake_cell)
-    store = _CachedRows()
+    store = MemoryRowStore()  # every tuned row cached: run_tuned encodes nothing
     for seed in (0, 1, 2):
         store.rows[f"ms_x_tuned@s{seed}"] = {"cell": f"ms_x@lr5e-05@s{seed}"}
     ctx = type("Ctx", (), {"store": store})()

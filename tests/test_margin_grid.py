@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import MemoryRowStore
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -208,18 +210,6 @@ def test_st_loss_builds_the_scaled_sentence_transformers_losses():
 
 
 # ----------------------------------------------------------------------------- run_tuned and the rows
-class _Rows:
-    def __init__(self) -> None:
-        self.saved: dict[str, dict] = {}
-
-    def has(self, row: str) -> bool:
-        return row in self.saved
-
-    def load(self, row: str) -> tuple[dict, dict]:
-        return {}, self.saved[row]
-
-    def save(self, row: str, arrays: dict, meta: dict) -> None:
-        self.saved[row] = meta
 
 
 def test_run_tuned_chooses_lr_and_margin_jointly_and_labels_the_rows(monkeypatch):
@@ -242,7 +232,7 @@ def test_run_tuned_chooses_lr_and_margin_jointly_and_labels_the_rows(monkeypatch
     monkeypatch.setattr(quality, "grid_cell", fake_cell)
     monkeypatch.setattr(quality, "SimilarityModel", Model)
     monkeypatch.setattr(quality, "encoder_distances", lambda encoder, metrics, task: {metrics[0]: {}})
-    store = _Rows()
+    store = MemoryRowStore()
     ctx = type("Ctx", (), {"store": store, "task": None})()
     record = quality.run_tuned(ctx, "ms_x", "x", [5e-5, 1e-4], [0, 1], select_seeds=[0], margin_grid=[0.5, 1.0, 1.5])
     assert sorted(trained) == sorted([k for k in dev_ap if k[2] == 0] + [(5e-5, 1.5, 1)])
@@ -251,17 +241,17 @@ def test_run_tuned_chooses_lr_and_margin_jointly_and_labels_the_rows(monkeypatch
     assert list(record["grid"]) == ["5e-05@m0.5", "5e-05", "5e-05@m1.5", "0.0001@m0.5", "0.0001", "0.0001@m1.5"]
     assert record["grid"]["0.0001@m1.5"]["margin"] == {"neg_margin": 0.8 * 1.5, "pos_margin": 0.0}
     assert record["chosen_dev_ap"]["dev_ap"] == [0.86, 0.84]
-    assert store.saved["ms_x_tuned@s1"]["cell"] == "ms_x@lr5e-05@m1.5@s1"
-    assert store.saved["ms_x_tuned@s0"]["label"] == "x, lr 5e-05, neg_margin 1.2, pos_margin 0 (x1.5) tuned on dev, best dev checkpoint"
-    assert store.saved["ms_x_tuned@s0"]["margin_factor"] == 1.5
+    assert store.rows["ms_x_tuned@s1"]["cell"] == "ms_x@lr5e-05@m1.5@s1"
+    assert store.rows["ms_x_tuned@s0"]["label"] == "x, lr 5e-05, neg_margin 1.2, pos_margin 0 (x1.5) tuned on dev, best dev checkpoint"
+    assert store.rows["ms_x_tuned@s0"]["margin_factor"] == 1.5
     # without a margin grid: factor 1 only, plain lr keys and the old label
     trained.clear()
-    store.saved.clear()
+    store.rows.clear()
     record = quality.run_tuned(ctx, "ms_x", "x", [5e-5, 1e-4], [0], select_seeds=[0])
     assert trained == [(5e-5, 1.0, 0), (1e-4, 1.0, 0)] and list(record["grid"]) == ["5e-05", "0.0001"]
     assert record["learning_rate"] == 1e-4 and record["margin_factor"] == 1.0 and record["margin_grid"] is None
     assert "margin_factor" not in record["grid"]["5e-05"]
-    assert store.saved["ms_x_tuned@s0"]["label"] == "x, lr 0.0001 tuned on dev, best dev checkpoint"
+    assert store.rows["ms_x_tuned@s0"]["label"] == "x, lr 0.0001 tuned on dev, best dev checkpoint"
 
 
 def test_bootstrap_compares_by_dev_ap_at_the_chosen_lr_and_margin(tmp_path):
