@@ -569,13 +569,12 @@ def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds:
         if margin_grid:
             entry["margin"] = cells[(lr, f, select[0])].get("margin")
     chosen, factor = (None, None) if choice is None else (choice if margin_grid else (choice, 1.0))
+    rule = (f"highest mean dev AP over seeds {select} (complete (lr, margin factor) pairs only); "
+            "ties -> margin factor 1, then smaller lr" if margin_grid else
+            f"highest mean dev AP over seeds {select} (complete lrs only); ties -> smaller lr")
     record = {"label": label, "learning_rate": chosen, "margin_factor": factor,
               "margin_grid": list(margin_grid) if margin_grid else None, "seeds": list(seeds), "select_seeds": select,
-              "grid": summary,
-              "rule": f"highest mean dev AP over seeds {select} (complete lrs only); ties -> smaller lr"}
-    if margin_grid:
-        record["rule"] = (f"highest mean dev AP over seeds {select} (complete (lr, margin factor) pairs only); "
-                          "ties -> margin factor 1, then smaller lr")
+              "grid": summary, "rule": rule}
     if chosen is None:
         logger.warning("%s: no grid cell has a dev AP for every seed; no tuned row", name)
         return record
