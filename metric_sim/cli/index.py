@@ -27,7 +27,7 @@ def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-column", default=None, help="column holding unique ids (default: line number / row)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: %(default)s)")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "fp32", "bf16"],
-                        help="encoding precision: bfloat16 autocast is ~1.7x faster on CPUs with AVX512-BF16/AMX and "
+                        help="encoding precision: bfloat16 autocast is ~1.6x faster on CPUs with AVX512-BF16/AMX and "
                              "slower elsewhere; vectors move by ~1e-3 (default: %(default)s)")
 
 

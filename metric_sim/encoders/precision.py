@@ -3,7 +3,7 @@
 Under bfloat16 autocast PyTorch runs matrix products and convolutions in bfloat16 (8-bit
 mantissa, float32 range) and keeps reductions such as layer norm and softmax in float32.
 CPUs with AVX512-BF16 or AMX (AMD Zen 4, Intel Sapphire Rapids and later) do those products at
-about twice the float32 rate: the MiniLM text encoder encodes ~1.7x faster here. Elsewhere
+about twice the float32 rate: the MiniLM text encoder encodes 1.57x faster here. Elsewhere
 PyTorch emulates them and it is slower. Vectors move by about 1e-3 (cosine >= 0.9999 to the
 float32 ones); the cost in test AP is measured in ``benchmarks/RESULTS.md``.
 
