@@ -4,7 +4,8 @@ torchrun starts one process per device and sets ``RANK``, ``LOCAL_RANK`` and
 ``WORLD_SIZE``; training lets ``transformers.Trainer`` (through accelerate) open the
 process group, the sharded index build opens it with :func:`init_from_env`. Without
 torchrun every helper here is a no-op for world size 1, so the single-process code
-path is the same code.
+path is the same code. ``train()`` leaves the Trainer's group open: its caller closes it
+before the process exits (:func:`close_process_group`, :func:`closing_process_group`).
 
 Cross-rank losses need the embeddings of every rank's batch. ``torch.distributed.all_gather``
 needs equal shapes, but de-duplicated batches hold a different number of unique texts
@@ -30,6 +31,8 @@ __all__ = [
     "all_gather_varlen",
     "barrier",
     "broadcast_object",
+    "close_process_group",
+    "closing_process_group",
     "gather_rows",
     "init_from_env",
     "is_distributed",
@@ -93,12 +96,33 @@ def close_process_group() -> None:
 
     The Trainer opens the group and never closes it; left open, gloo's threads are torn down
     at interpreter exit and a rank can abort ("terminate called without an active exception")
-    after its work is done, which torchrun reports as a failed job.
+    after its work is done, which torchrun reports as a failed job. The group is closed even
+    when the barrier fails (a rank died): this rank must not be left to that teardown either.
     """
-    if not is_distributed():
+    if not (dist.is_available() and dist.is_initialized()):
         return
-    barrier()
-    dist.destroy_process_group()
+    try:
+        barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def closing_process_group() -> Iterator[None]:
+    """Close the process group that is open when the block ends, also one opened inside it (by the Trainer).
+
+    After the block every rank waits for the others, then closes the group
+    (:func:`close_process_group`). After an exception the group is closed without that
+    wait: the other ranks may be stuck in a collective this rank never joins, and the
+    error should end the job, not hang it.
+    """
+    try:
+        yield
+    except BaseException:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    close_process_group()
 
 
 def barrier() -> None:

@@ -156,12 +156,15 @@ def _parity_worker(rank: int, port: int, out: str) -> None:
     """One torchrun-like rank: the env vars torchrun sets, then the real train() with batch B."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
                        "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"})
+    from metric_sim.distributed import closing_process_group
+
     torch.set_num_threads(1)
     demo = load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate").select(range(96))
     results = {}
-    for loss in PARITY_LOSSES:
-        results[loss] = _one_step(loss, B, os.path.join(out, f"run-{loss}"), demo)
-    results["pml"] = _pml_wrapper_check()
+    with closing_process_group():  # train() leaves the Trainer's gloo group open: close it before exit
+        for loss in PARITY_LOSSES:
+            results[loss] = _one_step(loss, B, os.path.join(out, f"run-{loss}"), demo)
+        results["pml"] = _pml_wrapper_check()
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 

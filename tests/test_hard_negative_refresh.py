@@ -311,14 +311,17 @@ def _refresh_worker(rank: int, port: int, out: str) -> None:
     import os
 
     from metric_sim.data import load_pairs
+    from metric_sim.distributed import closing_process_group
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
                        "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"})
     torch.set_num_threads(1)
     data = load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate").select(range(64))
-    train(_config(batch_size=8, max_steps=3, eval_steps=3), os.path.join(out, "run"), encoder=build_tiny_encoder(),
-          train_data=data, dev_data=data, show_progress=False,
-          callbacks=[SlotsAt(os.path.join(out, f"rank{rank}.pt"))])
+    # train() leaves the Trainer's gloo group open; left to interpreter exit, a rank can abort after its work is done
+    with closing_process_group():
+        train(_config(batch_size=8, max_steps=3, eval_steps=3), os.path.join(out, "run"),
+              encoder=build_tiny_encoder(), train_data=data, dev_data=data, show_progress=False,
+              callbacks=[SlotsAt(os.path.join(out, f"rank{rank}.pt"))])
 
 
 def test_under_two_ranks_rank_0_mines_and_every_rank_serves_its_negatives(tmp_path):

@@ -240,10 +240,11 @@ def test_guard_sets_that_do_not_load_stop_the_run_before_training(tiny_encoder, 
 _RANK_SCRIPT = """
 import hashlib, json, sys
 import torch
-from metric_sim.distributed import rank
+from metric_sim.distributed import closing_process_group, rank
 from metric_sim.training import TrainConfig, train
 
-result = train(TrainConfig.from_yaml(sys.argv[1]), sys.argv[2], show_progress=False)
+with closing_process_group():
+    result = train(TrainConfig.from_yaml(sys.argv[1]), sys.argv[2], show_progress=False)
 digest = hashlib.sha256()
 for name, tensor in result.model.encoder.state_dict().items():
     digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())

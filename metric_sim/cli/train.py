@@ -39,12 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config is None and overrides:
         raise UsageError("--set/--max-steps with --resume need --config (the run continues with its saved config)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    from metric_sim.distributed import close_process_group, is_main_process
+    from metric_sim.distributed import closing_process_group, is_main_process
 
-    try:
+    # Under torchrun the Trainer's group is closed before exit (no wait for the others after an error).
+    with closing_process_group():
         result = train(config, out, resume=args.resume, show_progress=not args.no_progress)
-    finally:
-        close_process_group()
     if not is_main_process():  # torchrun: every rank returns the same result; rank 0 reports it
         return EXIT_OK
     dev = result.metrics.get("dev", {})
