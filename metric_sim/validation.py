@@ -15,6 +15,19 @@ import numpy as np
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 
+def yaml_number(value: Any) -> Any:
+    """``value`` as a float when it is a string that parses as one, else unchanged.
+
+    YAML 1.1 reads ``1e-3`` (no dot) as a string; in a recipe the number was meant.
+    """
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def require_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``choices``; otherwise raise listing them."""
     options = list(choices)

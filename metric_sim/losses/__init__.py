@@ -29,8 +29,13 @@ Under torchrun, :class:`CrossRankLoss` rebuilds the union of every rank's batch
 the same loss to it, so in-batch negatives, label-based pairs and miners see all
 ranks, exactly as one process with the whole batch would.
 
+A training run may add weighted auxiliary losses to its main one (``auxiliary_losses``):
+:class:`CompositeLoss` computes ``main + sum(weight_i * auxiliary_i)`` on the same batch
+embeddings, and reports the main loss's tuple counts.
+
 Modules: :mod:`.registry` (one :class:`LossSpec` per loss; no torch), :mod:`.tuples`
 (candidate tuples and miners' filters), :mod:`.loss` (:class:`MetricLoss`, :func:`build_loss`),
+:mod:`.composite` (:class:`CompositeLoss`, :func:`build_loss_with_auxiliaries`),
 :mod:`.cross_rank` (:class:`CrossRankLoss`). ``import metric_sim.losses`` loads the registry
 only; the torch-based names load on first use.
 
@@ -47,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from metric_sim.lazy import lazy_attributes
 from metric_sim.losses.registry import (
+    AUXILIARY_KEYS,
     LOSSES,
     LossSpec,
     count_usable,
@@ -57,18 +63,22 @@ from metric_sim.losses.registry import (
 )
 
 if TYPE_CHECKING:
+    from metric_sim.losses.composite import CompositeLoss, build_loss_with_auxiliaries
     from metric_sim.losses.cross_rank import CrossRankLoss, MergedBatch, merge_batches
     from metric_sim.losses.loss import LossResult, MetricLoss, build_loss
     from metric_sim.losses.tuples import label_masks, masks_to_pairs, pair_indices_tuple
 
 __all__ = [
+    "AUXILIARY_KEYS",
     "LOSSES",
+    "CompositeLoss",
     "CrossRankLoss",
     "LossResult",
     "LossSpec",
     "MergedBatch",
     "MetricLoss",
     "build_loss",
+    "build_loss_with_auxiliaries",
     "count_usable",
     "default_loss_params",
     "label_masks",
@@ -82,6 +92,8 @@ __all__ = [
 
 # torch-based names -> the submodule that defines them (imported on first use)
 _LAZY = {
+    "CompositeLoss": "metric_sim.losses.composite",
+    "build_loss_with_auxiliaries": "metric_sim.losses.composite",
     "CrossRankLoss": "metric_sim.losses.cross_rank",
     "MergedBatch": "metric_sim.losses.cross_rank",
     "merge_batches": "metric_sim.losses.cross_rank",

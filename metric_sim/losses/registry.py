@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from metric_sim.losses.tuples import IndicesTuple
 
 __all__ = [
+    "AUXILIARY_KEYS",
     "LOSSES",
     "LossSpec",
     "ParamRule",
@@ -256,6 +257,10 @@ LOSSES: dict[str, LossSpec] = {
         ),
     )
 }
+
+
+# The keys of one auxiliary loss (a training config's ``auxiliary_losses`` entry, :mod:`.composite`).
+AUXILIARY_KEYS = ("loss", "weight", "loss_params")
 
 
 def list_losses() -> list[str]:

@@ -24,14 +24,16 @@ from metric_sim.errors import (
     InvalidArgumentTypeError,
     MissingFileError,
 )
-from metric_sim.losses.registry import list_losses, validate_loss_params
+from metric_sim.losses.registry import list_losses
 from metric_sim.training.interpolate_config import check_interpolate
+from metric_sim.training.loss_config import check_auxiliary_losses, check_loss_params
 from metric_sim.training.mix_config import check_mix_pairs
 from metric_sim.validation import (
     require_choice,
     require_positive_float,
     require_positive_int,
     require_probability,
+    yaml_number,
 )
 
 __all__ = ["HARD_NEGATIVE_KEYS", "LR_SCHEDULERS", "SAMPLERS", "TrainConfig", "merge_overrides", "parse_overrides"]
@@ -58,6 +60,8 @@ class TrainConfig:
     with the ``text_a``/``text_b``/``label`` columns. Without a dev split, ``dev_fraction``
     of the training pairs is held out by a leakage-free group split.
     Margins in ``loss_params`` are in units of ``metric`` (see :mod:`metric_sim.losses`).
+    ``auxiliary_losses`` (``[{loss: NAME, weight: W, loss_params: {...}}, ...]``) adds ``W * NAME`` to the
+    main loss on the same batch embeddings: :mod:`.loss_config`, :class:`~metric_sim.losses.composite.CompositeLoss`.
 
     ``hard_negatives`` adds mined label-0 pairs to the training pairs (never to dev): either
     ``{file: PATH}``, negatives saved by ``metric-sim mine`` with the starting model, or
@@ -133,13 +137,15 @@ class TrainConfig:
     hard_negatives: dict[str, Any] | None = None
     mix_pairs: list[dict[str, Any]] = field(default_factory=list)  # checked in mix_config
     interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
+    auxiliary_losses: list[dict[str, Any]] = field(default_factory=list)  # loss_config; saved only when set
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
         self._check_flags()
         self._check_numbers()
         self._check_score_thresholds()
-        self._check_loss_params()
+        check_loss_params(self.loss, self.metric, self.loss_params, self.projection_dim)  # before any data is read
+        self.auxiliary_losses = check_auxiliary_losses(self.auxiliary_losses, self.metric, self.projection_dim)
         if self.hard_negatives is not None:
             check_hard_negatives(self.hard_negatives, self.metric, self.seed)
             self._check_refresh(self.hard_negatives.get("refresh_steps"))
@@ -267,15 +273,6 @@ class TrainConfig:
                 f"and score_high={high!r}{note['score_high']}"
             )
 
-    def _check_loss_params(self) -> None:
-        # The registry's check, run now rather than when train() builds the loss after loading data.
-        # The embedding size is known only with a projection head; without it a Manhattan default that
-        # scales with it is compared when the loss is built.
-        try:
-            validate_loss_params(self.loss, self.metric, self.loss_params, embedding_dim=self.projection_dim)
-        except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
-            raise ConfigError(f"loss_params: {exc}") from exc
-
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
@@ -302,7 +299,8 @@ class TrainConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Without auxiliary losses a config saves exactly as it did before the key existed.
+        return {key: value for key, value in dataclasses.asdict(self).items() if value or key != "auxiliary_losses"}
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -415,12 +413,12 @@ def _require_shallow(key: str, value: Any) -> None:
     Deeper values are refused before anything walks them: no config key takes one, and
     YAML aliases can make a small file expand into an exponentially large nest.
     """
-    if key == "mix_pairs" and isinstance(value, list):  # a list of mappings of scalars
+    if key in ("mix_pairs", "auxiliary_losses") and isinstance(value, list):  # a list of mappings
         for i, entry in enumerate(value):
-            _require_shallow(f"mix_pairs[{i}]", entry)
+            _require_shallow(f"{key}[{i}]", entry)
         return
-    if key in ("encoder_options", "interpolate") and isinstance(value, Mapping):
-        # one level more: an image encoder's augmentation ({hflip: false, ...}), interpolate's guard list
+    if (key in ("encoder_options", "interpolate") or re.fullmatch(r"auxiliary_losses\[\d+\]", key)) and isinstance(value, Mapping):
+        # one level more: an image augmentation ({hflip: false}), interpolate's guard list, an auxiliary loss_params
         for name, child in value.items():
             _require_shallow(f"{key}.{name}", child)
         return
@@ -452,17 +450,9 @@ def _coerce(key: str, value: Any) -> Any:
     if key in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if key == "loss_params" and isinstance(value, Mapping):
-        return {k: _number_or_str(v) for k, v in value.items()}
+        return {k: yaml_number(v) for k, v in value.items()}
     return value
 
-
-def _number_or_str(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _optional_str(name: str, value: Any) -> None:

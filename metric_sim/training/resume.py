@@ -51,7 +51,8 @@ def resume_config(run_dir: Path, config: TrainConfig | None) -> TrainConfig:
         raise ConfigError(f"{saved_file}: {exc}") from None
     if config is not None:
         ours, theirs = config.to_dict(), saved_config.to_dict()
-        differ = sorted(k for k in ours if ours[k] != theirs[k])
+        # Over both key sets: a key saved only when set (auxiliary_losses) may be on one side alone.
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
         if differ:
             raise TrainingError(
                 f"--resume: the config differs from the one {run_dir} was started with in {differ}; "

@@ -49,7 +49,8 @@ from metric_sim.layout import (
     MODEL_FINETUNED_DIR,
     TRAIN_CONFIG_FILE,
 )
-from metric_sim.losses.loss import MetricLoss, build_loss
+from metric_sim.losses.composite import CompositeLoss, build_loss_with_auxiliaries
+from metric_sim.losses.loss import MetricLoss
 from metric_sim.metrics import ranking_metrics
 from metric_sim.model import SimilarityModel
 from metric_sim.storage import package_versions, write_json_atomic
@@ -167,6 +168,8 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     record = {
         "world_size": run.world, "train_pairs": len(run.pairs), "dev_pairs": len(dev_data),
         "sampler": run.plan.sampler, "loss_params_resolved": run.metric_loss.params,
+        **({"auxiliary_losses_resolved": run.metric_loss.describe_auxiliaries()}
+           if isinstance(run.metric_loss, CompositeLoss) else {}),
         "batches_without_tuple": run.guard.total_empty, "batches_all_easy": run.guard.total_easy, "resumed": resume,
         "hard_negatives": run.hard_negatives,
         "data_summary": {"train": run.train_data.summary(), "dev": dev_data.summary()}, **run.reference,
@@ -226,10 +229,16 @@ def _set_up_run(config: TrainConfig, metric: Metric, run_dir: Path, encoder: Tra
     l2sp = _l2sp(config, model, starting, run_dir, resume)
     zero_shot = _zero_shot(config, model, evaluator, args)
     embedding_dim = config.projection_dim or encoder.embedding_dim
-    metric_loss = build_loss(config.loss, metric, embedding_dim=embedding_dim, params=config.loss_params)
+    # Without auxiliary losses this is the plain MetricLoss of build_loss (bit-identical runs).
+    metric_loss = build_loss_with_auxiliaries(config.loss, metric, embedding_dim=embedding_dim,
+                                              params=config.loss_params, auxiliaries=config.auxiliary_losses)
     logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
+    auxiliaries = list(metric_loss.auxiliaries) if isinstance(metric_loss, CompositeLoss) else []
+    if isinstance(metric_loss, CompositeLoss):
+        logger.info("plus auxiliary losses (weight * loss, same batch): %s", metric_loss.describe_auxiliaries())
     if zero_shot:
-        check_margins(metric_loss, zero_shot)
+        for loss in (metric_loss, *auxiliaries):
+            check_margins(loss, zero_shot)
     mix = MixPlan(config.batch_size, main_pairs, mix_sources) if mix_sources else None
     plan = _batch_plan(config, metric_loss, encoder, pairs, world, mix)
     if mix is not None:
@@ -483,6 +492,8 @@ def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, 
     dev_labels = dev_data.labels
     calibration = calibrate_on_dev(similarity, distances, dev_labels)
     extra = {"training": {"loss": config.loss, "loss_params": metric_loss.params, "steps": trainer.state.global_step}}
+    if isinstance(metric_loss, CompositeLoss):
+        extra["training"]["auxiliary_losses"] = metric_loss.describe_auxiliaries()
     similarity.save(run_dir / (MODEL_DIR if interpolation is None else MODEL_FINETUNED_DIR), extra=extra)
     dev_metrics = {**ranking_metrics(distances, dev_labels),
                    **calibration,
