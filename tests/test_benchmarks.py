@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import quality  # noqa: E402
+import quality_grid  # noqa: E402
 import speed  # noqa: E402
 
 
@@ -363,7 +364,7 @@ def test_run_tuned_with_select_seeds_trains_every_lr_on_those_seeds_and_the_rest
         trained.append((lr, seed))
         return {"cell": f"{name}@lr{quality.lr_tag(lr)}@s{seed}", "dev_ap": dev_ap[(lr, seed)]}
 
-    monkeypatch.setattr(quality, "grid_cell", fake_cell)
+    monkeypatch.setattr(quality_grid, "grid_cell", fake_cell)
     store = MemoryRowStore()  # every tuned row cached: run_tuned encodes nothing
     for seed in (0, 1, 2):
         store.rows[f"ms_x_tuned@s{seed}"] = {"cell": f"ms_x@lr5e-05@s{seed}"}
@@ -390,3 +391,18 @@ def test_hard_negative_variant_is_the_recipe_plus_mining_at_the_same_step_budget
     assert config.hard_negatives["anchors"] == "with_positives"
     assert config.replace(hard_negatives=None, max_steps=recipe.max_steps) == recipe
     assert quality.tunable("ms_contrastive_l2_hn")
+
+
+def test_auxiliary_ntxent_variant_is_the_recipe_plus_one_weighted_term():
+    from quality_systems import NTXENT_AUXILIARY
+
+    recipe = quality.TrainConfig.from_yaml(quality.RECIPES / "quora_duplicates.yaml")
+    task = quality.Task("qqp", recipe, None, None, None, steps=511)  # type: ignore[arg-type]
+    config = quality._ms_config(task, "contrastive_l2_ntxent")
+    assert config.auxiliary_losses == [NTXENT_AUXILIARY] and config.loss == recipe.loss
+    assert config.replace(auxiliary_losses=[]) == recipe
+    assert quality.tunable("ms_contrastive_l2_ntxent")
+    # the margin grid scales the main loss's margin and leaves the auxiliary term as it is
+    cell = quality.ms_cell_config(task, "ms_contrastive_l2_ntxent", 1e-4, 0, factor=2.0)
+    assert cell.loss_params["neg_margin"] == pytest.approx(2 * recipe.loss_params["neg_margin"])
+    assert cell.auxiliary_losses == [NTXENT_AUXILIARY]

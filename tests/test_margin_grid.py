@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 
 import fair_peers  # noqa: E402
 import quality  # noqa: E402
+import quality_grid  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the choice
@@ -139,7 +140,7 @@ def test_grid_cell_hands_the_scaled_margin_to_metric_sim_train(tmp_path, monkeyp
         seen.append((config, Path(run_dir).name))
         raise _Stop
 
-    monkeypatch.setattr(quality, "train", fake_train)
+    monkeypatch.setattr(quality_grid, "train", fake_train)
     ctx = _ctx(tmp_path, _task())
     for factor in (1.25, 1.0):
         with pytest.raises(_Stop):
@@ -157,7 +158,7 @@ def test_grid_cell_hands_the_factor_to_the_sentence_transformers_trainer(tmp_pat
         seen.append((loss_name, Path(out_dir).name, kwargs))
         raise _Stop
 
-    monkeypatch.setattr(quality, "train_sentence_transformers", fake_train)
+    monkeypatch.setattr(quality_grid, "train_sentence_transformers", fake_train)
     with pytest.raises(_Stop):
         quality._grid_cell(_ctx(tmp_path, _task()), "st_online_contrastive", 5e-5, 1, 0.5)
     ((loss_name, folder, kwargs),) = seen
@@ -169,8 +170,8 @@ def test_finished_cells_named_the_old_way_are_reused_at_factor_one(tmp_path, mon
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell must not train again")
 
-    monkeypatch.setattr(quality, "train", no_training)
-    monkeypatch.setattr(quality, "train_sentence_transformers", no_training)
+    monkeypatch.setattr(quality_grid, "train", no_training)
+    monkeypatch.setattr(quality_grid, "train_sentence_transformers", no_training)
     ms = tmp_path / "runs" / "ms_contrastive_l2@lr5e-05@s0"  # as written before the margin grid
     (ms / "model").mkdir(parents=True)
     (ms / "model" / "metric_sim.json").write_text("{}")
@@ -229,9 +230,9 @@ def test_run_tuned_chooses_lr_and_margin_jointly_and_labels_the_rows(monkeypatch
         def from_pretrained(path):
             return Model()
 
-    monkeypatch.setattr(quality, "grid_cell", fake_cell)
-    monkeypatch.setattr(quality, "SimilarityModel", Model)
-    monkeypatch.setattr(quality, "encoder_distances", lambda encoder, metrics, task: {metrics[0]: {}})
+    monkeypatch.setattr(quality_grid, "grid_cell", fake_cell)
+    monkeypatch.setattr(quality_grid, "SimilarityModel", Model)
+    monkeypatch.setattr(quality_grid, "encoder_distances", lambda encoder, metrics, task: {metrics[0]: {}})
     store = MemoryRowStore()
     ctx = type("Ctx", (), {"store": store, "task": None})()
     record = quality.run_tuned(ctx, "ms_x", "x", [5e-5, 1e-4], [0, 1], select_seeds=[0], margin_grid=[0.5, 1.0, 1.5])
