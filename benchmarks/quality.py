@@ -6,9 +6,13 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
 
 * ``zero_shot``              the base model, Euclidean and Manhattan rows;
 * ``ms_contrastive_l2/_l1``  metric-sim online contrastive (the task recipe, Manhattan variant);
+* ``ms_contrastive_l2_hn``   the recipe + negatives mined on raw distance (``hard_negatives:``);
+* ``ms_contrastive_l2_ntxent``  the recipe + 0.5 NT-Xent (t 0.1) as an auxiliary loss on the same batch;
 * ``ms_triplet``, ``ms_ntxent``, ``ms_frozen_head``  other metric-sim losses / frozen encoder;
 * ``st_online_contrastive``, ``st_mnrl``  sentence-transformers' own trainer and losses;
 * ``st_mnrl_hn``             MNRL on triplets from sentence-transformers' ``util.mine_hard_negatives``;
+* ``st_multitask``           sentence-transformers' multi-task Quora recipe: OnlineContrastiveLoss on
+                             the pairs + MNRL on the duplicates, alternating batches;
 * ``baselines``              MLP heads on frozen base embeddings: (a) concat, (b) (a) averaged
                              over both orders, (c) [|x-y|, x*y], (d) |x-y|; one row per seed;
 * ``tfidf``                  TF-IDF cosine (fitted on train texts).

@@ -133,7 +133,7 @@ def _cell(stat: dict[str, float | None], digits: int = 4, scale: float = 1.0) ->
 ORDER = ("zero_shot_l2", "zero_shot_l1", "ms_contrastive_l2", "ms_contrastive_l2_tuned", "ms_contrastive_l1",
          "ms_contrastive_l1_tuned", "ms_contrastive_l2_ntxent", "ms_contrastive_l2_ntxent_tuned", "ms_triplet", "ms_triplet_tuned", "ms_ntxent", "ms_ntxent_tuned", "ms_frozen_head",
          "st_online_contrastive", "st_online_contrastive_tuned", "st_mnrl", "st_mnrl_tuned", "st_mnrl_hn",
-         "st_mnrl_hn_tuned", "mlp_concat", "mlp_concat_avg", "mlp_diff_prod", "mlp_diff", "tfidf")
+         "st_mnrl_hn_tuned", "st_multitask", "st_multitask_tuned", "mlp_concat", "mlp_concat_avg", "mlp_diff_prod", "mlp_diff", "tfidf")
 
 
 def results_table(results: dict[str, Any]) -> str:

@@ -47,7 +47,8 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     ``online_contrastive``: OnlineContrastiveLoss (cosine distance, margin 0.5) on all labelled
     pairs. ``mnrl``: MultipleNegativesRankingLoss on the similar pairs only, batches without
     duplicate texts (its recommended sampler). ``mnrl_hn``: the same loss on ``triplets``
-    (anchor, positive, negative) from ``util.mine_hard_negatives``. ``margin_factor`` scales the
+    (anchor, positive, negative) from ``util.mine_hard_negatives``. ``multitask``: both losses,
+    alternating batches (``st_training_data``). ``margin_factor`` scales the
     loss's margin (see ``st_loss``). Warmup 0.1, fp32, lr and seed as given. Without ``dev`` the
     final weights are kept (the trainer's default). With ``dev`` and ``eval_steps``: a
     ``BinaryClassificationEvaluator`` scores dev AP of the Euclidean distance of the (normalised)
@@ -55,30 +56,15 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     ``load_best_model_at_end`` keeps the best one, as metric-sim's trainer does. ``model_path``: the
     base model to start from (default: the packaged all-MiniLM-L6-v2, ``default_model_path()``).
     """
-    from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.training_args import BatchSamplers
 
     model = SentenceTransformer(str(model_path or default_model_path()), device="cpu")
     model.max_seq_length = max_length
-    a, b, y = train_pairs.texts_a, train_pairs.texts_b, train_pairs.labels.tolist()
-    loss = st_loss(model, loss_name, margin_factor)
-    if loss_name == "online_contrastive":
-        data = Dataset.from_dict({"sentence1": a, "sentence2": b, "label": y})
-        sampler = BatchSamplers.BATCH_SAMPLER
-    elif loss_name == "mnrl":
-        keep = [i for i, label in enumerate(y) if label == 1]
-        data = Dataset.from_dict({"anchor": [a[i] for i in keep], "positive": [b[i] for i in keep]})
-        sampler = BatchSamplers.NO_DUPLICATES
-    else:  # mnrl_hn (st_loss refused any other name)
-        if triplets is None:
-            raise ValueError("mnrl_hn needs the mined (anchor, positive, negative) triplets")
-        data = Dataset.from_dict({k: triplets[k] for k in ("anchor", "positive", "negative")})
-        sampler = BatchSamplers.NO_DUPLICATES
+    data, loss, samplers = st_training_data(model, loss_name, train_pairs, margin_factor, triplets)
     from transformers import TrainingArguments
 
     # transformers 5 folds warmup_ratio into warmup_steps (a float < 1 is a fraction); 4.x has both.
@@ -100,15 +86,16 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=batch_size, max_steps=steps,
         learning_rate=learning_rate, seed=seed, report_to="none", logging_steps=50,
-        batch_sampler=sampler, disable_tqdm=True, **select, **warmup)
+        disable_tqdm=True, **samplers, **select, **warmup)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, evaluator=evaluator,
                                          callbacks=list(callbacks))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     model.save(str(out_dir / "model"))
-    info = {"loss": loss_name, "steps": steps, "batch_size": batch_size, "train_rows": len(data),
-            "epochs": round(steps * batch_size / len(data), 3), "learning_rate": learning_rate, "warmup": ST_WARMUP,
+    rows = sum(len(d) for d in data.values()) if isinstance(data, dict) else len(data)
+    info = {"loss": loss_name, "steps": steps, "batch_size": batch_size, "train_rows": rows,
+            "epochs": round(steps * batch_size / rows, 3), "learning_rate": learning_rate, "warmup": ST_WARMUP,
             "seed": seed, "train_s": round(seconds, 1), "pairs_per_s": round(steps * batch_size / seconds, 2),
             "margin_factor": margin_factor, "margin": st_margin(loss_name, margin_factor)}
     if evaluator is not None:
@@ -123,11 +110,57 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     return info
 
 
+def st_training_data(model: Any, loss_name: str, pairs: PairDataset, margin_factor: float = 1.0,
+                     triplets: dict[str, list[str]] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(train_dataset, loss, sampler arguments)`` of one sentence-transformers row, as its docs
+    prescribe for each loss.
+
+    ``multitask`` is sentence-transformers' own Quora multi-task recipe
+    (examples/training/quora_duplicate_questions/training_multi-task-learning.py): a dict of two
+    datasets with a loss each, OnlineContrastiveLoss on every labelled pair and MNRL on the
+    duplicates in both orders, batches alternating between them (round robin), so each optimiser
+    step sees one batch of one task, at the same step budget as every other row.
+    """
+    from datasets import Dataset
+
+    try:
+        from sentence_transformers.sentence_transformer.training_args import (
+            BatchSamplers,
+            MultiDatasetBatchSamplers,
+        )
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.training_args import BatchSamplers, MultiDatasetBatchSamplers
+
+    a, b, y = pairs.texts_a, pairs.texts_b, pairs.labels.tolist()
+    duplicates = [i for i, label in enumerate(y) if label == 1]
+    loss = st_loss(model, loss_name, margin_factor)
+    if loss_name == "online_contrastive":
+        return (Dataset.from_dict({"sentence1": a, "sentence2": b, "label": y}), loss,
+                {"batch_sampler": BatchSamplers.BATCH_SAMPLER})
+    if loss_name == "mnrl":
+        data = Dataset.from_dict({"anchor": [a[i] for i in duplicates], "positive": [b[i] for i in duplicates]})
+        return data, loss, {"batch_sampler": BatchSamplers.NO_DUPLICATES}
+    if loss_name == "multitask":
+        # A is a duplicate of B and B of A: the example adds both orders to the MNRL set.
+        both = {"anchor": [a[i] for i in duplicates] + [b[i] for i in duplicates],
+                "positive": [b[i] for i in duplicates] + [a[i] for i in duplicates]}
+        data = {"pairs": Dataset.from_dict({"sentence1": a, "sentence2": b, "label": y}),
+                "duplicates": Dataset.from_dict(both)}
+        # one sampler for both datasets: no repeated text in a batch matters for MNRL (a repeat
+        # would be a false in-batch negative) and only thins the pair batches a little
+        return data, loss, {"batch_sampler": BatchSamplers.NO_DUPLICATES,
+                            "multi_dataset_batch_sampler": MultiDatasetBatchSamplers.ROUND_ROBIN}
+    if triplets is None:  # mnrl_hn (st_loss refused any other name)
+        raise ValueError("mnrl_hn needs the mined (anchor, positive, negative) triplets")
+    data = Dataset.from_dict({k: triplets[k] for k in ("anchor", "positive", "negative")})
+    return data, loss, {"batch_sampler": BatchSamplers.NO_DUPLICATES}
+
 
 def st_loss(model: Any, loss_name: str, factor: float = 1.0) -> Any:
     """The sentence-transformers loss of ``loss_name`` with its margin for ``factor`` (``st_margin``):
     OnlineContrastiveLoss(margin=0.5 * factor), MultipleNegativesRankingLoss(scale=20 / factor);
-    factor 1 is the library's default, as before the margin grid."""
+    factor 1 is the library's default, as before the margin grid. ``multitask``: a dict of both
+    (the margin on the contrastive term), keyed as ``st_training_data``'s datasets."""
     try:
         from sentence_transformers.sentence_transformer import losses
     except ImportError:  # sentence-transformers < 6
@@ -136,6 +169,9 @@ def st_loss(model: Any, loss_name: str, factor: float = 1.0) -> Any:
     margin = st_margin(loss_name, factor)
     if loss_name == "online_contrastive":
         return losses.OnlineContrastiveLoss(model, **margin)
+    if loss_name == "multitask":  # one loss per dataset of st_training_data
+        return {"pairs": losses.OnlineContrastiveLoss(model, **margin),
+                "duplicates": losses.MultipleNegativesRankingLoss(model)}
     return losses.MultipleNegativesRankingLoss(model, **margin)  # mnrl, mnrl_hn
 
 
