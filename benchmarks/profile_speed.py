@@ -190,7 +190,7 @@ def child_training(system: str, warmup: int, steps: int, batch_size: int, top: i
     with tempfile.TemporaryDirectory(prefix="profile_speed_") as tmp:
         tiny = None
         if quick:
-            import quality
+            import quality_st
             import train_memory
 
             import metric_sim
@@ -200,7 +200,7 @@ def child_training(system: str, warmup: int, steps: int, batch_size: int, top: i
             speed._train_pairs = train_memory.demo_train_pairs
             config_class = metric_sim.TrainConfig
             metric_sim.TrainConfig = lambda **kw: config_class(**{**kw, "model": str(folder)})
-            quality.default_model_path = lambda: folder
+            quality_st.default_model_path = lambda: folder
         out = speed.child_train(system, (warmup + steps) * batch_size, warmup, steps, batch_size)
     summary = profile_summary(made[-1].prof, made[-1].seconds, steps, top)
     return {"system": system, "steps": steps, "pairs_per_s": out["pairs_per_s"], **summary,

@@ -42,7 +42,6 @@ factor, and the (lr, factor) pair is chosen jointly, by the same rule for every 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -70,8 +69,14 @@ from quality_grid import (  # noqa: E402
     tuned_bootstrap,
 )
 from quality_report import results_table, score_all, score_row, targets, tuning_markdown  # noqa: E402
-from quality_st import ST_LR, ST_MINING, st_loss, st_mined_triplets  # noqa: E402
-from quality_st import train_sentence_transformers as _train_sentence_transformers  # noqa: E402
+from quality_st import (  # noqa: E402
+    ST_LR,
+    ST_MINING,
+    st_loss,
+    st_mined_triplets,
+    st_training_data,
+    train_sentence_transformers,
+)
 from quality_systems import HARD_NEGATIVES, SYSTEMS, _ms_config  # noqa: E402
 
 from metric_sim import Calibrator, Metric, TrainConfig, default_model_path  # noqa: E402
@@ -81,19 +86,11 @@ __all__ = [
     "Store", "Task", "TrainConfig", "_grid_cell", "_ms_config", "_subsample", "base_embeddings",
     "build_parser", "default_model_path", "fit_mlp", "grid_cell", "load_task", "lr_tag", "main",
     "mlp_logits", "ms_cell_config", "pair_features", "parse_args", "prune_checkpoints", "results_table", "run_tuned",
-    "score_all", "score_row", "st_loss", "st_mined_triplets", "targets", "tfidf_distances",
+    "score_all", "score_row", "st_loss", "st_mined_triplets", "st_training_data", "targets", "tfidf_distances",
     "train_sentence_transformers", "tunable", "tuned_bootstrap", "tuning_markdown",
 ]
 
 logger = logging.getLogger("quality")
-
-
-@functools.wraps(_train_sentence_transformers)
-def train_sentence_transformers(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    # profile_speed.py and train_memory.py swap the base model for a tiny one by replacing
-    # ``quality.default_model_path``, so the call made through this module reads it here.
-    kwargs.setdefault("model_path", default_model_path())
-    return _train_sentence_transformers(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

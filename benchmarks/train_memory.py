@@ -284,7 +284,8 @@ def child_memory(system: str, pairs: int, steps: int, batch_size: int, model: st
     if system == "metric_sim":
         import metric_sim.training.run  # noqa: F401
     elif system == "sentence_transformers":
-        import quality  # what speed.child_train imports for this system alone
+        import quality  # noqa: F401  # what speed.child_train imports for this system alone
+        import quality_st
         import sentence_transformers  # noqa: F401
     else:
         raise ValueError(f"unknown training system {system!r}")
@@ -321,7 +322,7 @@ def child_memory(system: str, pairs: int, steps: int, batch_size: int, model: st
                 config_class = metric_sim.TrainConfig
                 metric_sim.TrainConfig = lambda **kw: config_class(**{**kw, "sampler": sampler})  # child_train's config
         elif model_folder is not None:
-            quality.default_model_path = lambda: model_folder
+            quality_st.default_model_path = lambda: model_folder
         speed.child_train(system, pairs, 0, steps, batch_size)
         probe.mark("finished")
     return {"system": system, **probe.result(), **({"tiny_model": tiny} if tiny else {})}

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fair_peers  # noqa: E402
 import quality  # noqa: E402
 import quality_st  # noqa: E402
-from tests.conftest import build_tiny_encoder  # noqa: E402
 
 from metric_sim import Encoder  # noqa: E402
 from metric_sim.data.loader import pairs_from_columns  # noqa: E402
 from metric_sim.data.report import LoadReport  # noqa: E402
+from tests.conftest import build_tiny_encoder  # noqa: E402
 
 st = pytest.importorskip("sentence_transformers")
 
@@ -60,7 +60,7 @@ def test_multitask_datasets_hold_every_pair_and_the_duplicates_in_both_orders():
     dup = data["duplicates"]
     expected = {("how to cook rice", "how do i cook rice"), ("how do i cook rice", "how to cook rice"),
                 ("who wrote it", "who is the author"), ("who is the author", "who wrote it")}
-    assert len(dup) == 4 and set(zip(dup["anchor"], dup["positive"])) == expected  # never a non-duplicate
+    assert len(dup) == 4 and set(zip(dup["anchor"], dup["positive"], strict=True)) == expected  # never a non-duplicate
     assert str(samplers["multi_dataset_batch_sampler"].value) == "round_robin"
     assert str(samplers["batch_sampler"].value) == "no_duplicates"
 
@@ -79,7 +79,7 @@ def test_multitask_losses_scale_the_contrastive_margin_only():
 def test_single_task_rows_keep_their_datasets():
     model = _no_weights_model()
     data, _, samplers = quality_st.st_training_data(model, "mnrl", PAIRS)
-    assert list(zip(data["anchor"], data["positive"])) == [("how to cook rice", "how do i cook rice"),
+    assert list(zip(data["anchor"], data["positive"], strict=True)) == [("how to cook rice", "how do i cook rice"),
                                                             ("who wrote it", "who is the author")]
     assert "multi_dataset_batch_sampler" not in samplers
     data, _, samplers = quality_st.st_training_data(model, "online_contrastive", PAIRS)
