@@ -120,9 +120,9 @@ def test_composite_is_the_main_loss_to_the_rest_of_the_code():
 
 
 @pytest.mark.parametrize(("auxiliaries", "error", "expected"), [
-    ([{"loss": "arcface", "weight": 1.0}], InvalidArgumentError, "auxiliaries[0]: loss must be one of"),
-    ([NTXENT, {"loss": "ntxent", "weight": 0}], InvalidArgumentError, "auxiliaries[1].weight must be a finite number > 0, got 0"),
-    ([{"loss": "ntxent", "weight": "1"}], InvalidArgumentTypeError, "auxiliaries[0].weight must be a finite number > 0, got '1'"),
+    ([{"loss": "arcface", "weight": 1.0}], InvalidArgumentError, "auxiliaries[0].loss must be one of"),
+    ([NTXENT, {"loss": "ntxent", "weight": 0}], InvalidArgumentError, "auxiliaries[1].weight must be a finite number > 0 (the factor of this loss in the total main + sum(weight * auxiliary)), got 0"),
+    ([{"loss": "ntxent", "weight": "1"}], InvalidArgumentTypeError, "auxiliaries[0].weight must be a finite number > 0 (the factor of this loss in the total main + sum(weight * auxiliary)), got '1'"),
     ([{"loss": "ntxent", "weight": 1, "temperature": 1}], InvalidArgumentError, "['auxiliaries[0].temperature']"),
     ([{"loss": "ntxent", "weight": 1, "loss_params": {"temperature": -1}}], InvalidArgumentError, "got -1"),
 ])

@@ -12,8 +12,6 @@ merged batch of every rank, and each term sees that batch.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +21,7 @@ from torch import nn
 from metric_sim.distances import Metric
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.losses.loss import LossResult, MetricLoss, build_loss
-from metric_sim.losses.registry import AUXILIARY_KEYS
+from metric_sim.losses.registry import validate_auxiliary_loss
 
 __all__ = ["CompositeLoss", "build_loss_with_auxiliaries"]
 
@@ -44,7 +42,7 @@ class CompositeLoss(MetricLoss):
                     f"auxiliaries[{i}] ({loss.name!r}) is on {loss.metric.value} distance of {loss.embedding_dim} dims, "
                     f"the main loss on {self.metric.value} of {embedding_dim}: every term must measure the same distance"
                 )
-            _check_weight(f"auxiliaries[{i}].weight", weight)
+            validate_auxiliary_loss({"loss": loss.name, "weight": weight}, self.metric, where=f"auxiliaries[{i}]")
         self.auxiliaries = nn.ModuleList(loss for loss, _ in auxiliaries)
         self.weights = tuple(float(weight) for _, weight in auxiliaries)
 
@@ -96,25 +94,7 @@ def build_loss_with_auxiliaries(
         return build_loss(name, metric, embedding_dim=embedding_dim, params=params)
     built = []
     for i, entry in enumerate(auxiliaries):
-        where = f"auxiliaries[{i}]"
-        if not isinstance(entry, Mapping):
-            raise InvalidArgumentTypeError(f"{where} must be a mapping {{loss, weight, loss_params}}, got {entry!r}")
-        unknown = sorted((key for key in entry if key not in AUXILIARY_KEYS), key=repr)
-        if unknown:
-            raise InvalidArgumentError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}; valid: {list(AUXILIARY_KEYS)}")
-        if "loss" not in entry or "weight" not in entry:
-            raise InvalidArgumentError(f"{where} needs loss and weight, got {dict(entry)!r}")
-        try:
-            loss = build_loss(entry["loss"], metric, embedding_dim=embedding_dim, params=entry.get("loss_params"))
-        except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
-            raise type(exc)(f"{where}: {exc}") from exc
-        built.append((loss, _check_weight(f"{where}.weight", entry["weight"])))
+        checked = validate_auxiliary_loss(entry, metric, where=f"auxiliaries[{i}]", embedding_dim=embedding_dim)
+        loss = build_loss(checked["loss"], metric, embedding_dim=embedding_dim, params=checked["loss_params"])
+        built.append((loss, checked["weight"]))
     return CompositeLoss(name, metric, params or {}, embedding_dim, built)
-
-
-def _check_weight(where: str, weight: Any) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise InvalidArgumentTypeError(f"{where} must be a finite number > 0, got {weight!r}")
-    if not math.isfinite(weight) or weight <= 0:
-        raise InvalidArgumentError(f"{where} must be a finite number > 0, got {weight!r}")
-    return float(weight)

@@ -330,6 +330,43 @@ def validate_loss_params(
     return checked
 
 
+def validate_auxiliary_loss(
+    entry: Any, metric: Metric | str, *, where: str = "auxiliary loss", embedding_dim: int | None = None
+) -> dict[str, Any]:
+    """One auxiliary loss ``{loss, weight, loss_params}`` checked; returned with a float weight.
+
+    ``loss`` must be a registry loss, ``weight`` a finite number > 0 (its factor in
+    ``main + sum(weight * auxiliary)``), ``loss_params`` (``{}`` when left out) is checked by
+    :func:`validate_loss_params` for ``metric``, exactly like the main loss's. Every message
+    starts with ``where`` (``auxiliary_losses[1]`` in a recipe) and names the key and the value.
+    """
+    if not isinstance(entry, Mapping):
+        raise InvalidArgumentTypeError(f"{where} must be a mapping {{loss, weight, loss_params}}, got {entry!r}")
+    unknown = sorted((key for key in entry if key not in AUXILIARY_KEYS), key=repr)
+    if unknown:
+        raise InvalidArgumentError(f"unknown key(s) {[f'{where}.{key}' for key in unknown]}; valid keys: {list(AUXILIARY_KEYS)}")
+    name = entry.get("loss")
+    if not isinstance(name, str) or name not in LOSSES:
+        raise InvalidArgumentError(f"{where}.loss must be one of {list_losses()}, got {name!r}")
+    weight = entry.get("weight")
+    if weight is None:
+        raise InvalidArgumentError(f"{where}.weight is required: the factor of this loss in the total (a number > 0)")
+    factor = "(the factor of this loss in the total main + sum(weight * auxiliary))"
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise InvalidArgumentTypeError(f"{where}.weight must be a finite number > 0 {factor}, got {weight!r}")
+    if not math.isfinite(weight) or weight <= 0:
+        raise InvalidArgumentError(f"{where}.weight must be a finite number > 0 {factor}, got {weight!r}")
+    params = entry.get("loss_params")
+    params = {} if params is None else params
+    if not isinstance(params, Mapping):
+        raise InvalidArgumentTypeError(f"{where}.loss_params must be a mapping of parameter -> value, got {params!r}")
+    try:
+        validate_loss_params(name, metric, params, embedding_dim=embedding_dim)
+    except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
+        raise type(exc)(f"{where}.loss_params: {exc}") from exc
+    return {"loss": name, "weight": float(weight), "loss_params": dict(params)}
+
+
 def _checked_value(spec: LossSpec, metric: Metric, key: str, value: Any) -> Any:
     if key == "miner":
         if value not in spec.miners:

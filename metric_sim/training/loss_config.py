@@ -9,13 +9,11 @@ the registry check needs neither torch nor pytorch-metric-learning.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 from metric_sim.errors import ConfigError, InvalidArgumentError, InvalidArgumentTypeError
-from metric_sim.losses.registry import AUXILIARY_KEYS, list_losses, validate_loss_params
+from metric_sim.losses.registry import validate_auxiliary_loss, validate_loss_params
 from metric_sim.validation import yaml_number
 
 __all__ = ["check_auxiliary_losses", "check_loss_params"]
@@ -51,34 +49,12 @@ def check_auxiliary_losses(entries: Any, metric: str, embedding_dim: int | None)
 
 
 def _check_entry(i: int, entry: Any, metric: str, embedding_dim: int | None) -> dict[str, Any]:
-    where = f"auxiliary_losses[{i}]"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where} must be a mapping {_SHAPE}, got {entry!r}")
-    unknown = sorted((key for key in entry if key not in AUXILIARY_KEYS), key=repr)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {[f'{where}.{key}' for key in unknown]}; valid keys: {list(AUXILIARY_KEYS)}")
-    name = entry.get("loss")
-    if not isinstance(name, str) or name not in list_losses():
-        raise ConfigError(f"{where}.loss must be one of {list_losses()}, got {name!r}")
-    weight = _weight(where, entry.get("weight"))
-    params = entry.get("loss_params")
-    params = {} if params is None else params
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"{where}.loss_params must be a mapping of parameter -> value, got {params!r}")
-    params = {key: yaml_number(value) for key, value in params.items()}
+    if isinstance(entry, Mapping):  # numbers YAML reads as strings, converted as elsewhere in a recipe
+        entry = dict(entry)
+        entry["weight"] = yaml_number(entry.get("weight"))
+        if isinstance(entry.get("loss_params"), Mapping):
+            entry["loss_params"] = {key: yaml_number(value) for key, value in entry["loss_params"].items()}
     try:
-        validate_loss_params(name, metric, params, embedding_dim=embedding_dim)
+        return validate_auxiliary_loss(entry, metric, where=f"auxiliary_losses[{i}]", embedding_dim=embedding_dim)
     except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
-        raise ConfigError(f"{where}.loss_params: {exc}") from exc
-    return {"loss": name, "weight": weight, "loss_params": params}
-
-
-def _weight(where: str, value: Any) -> float:
-    if value is None:
-        raise ConfigError(f"{where}.weight is required: the factor of this loss in the total (a number > 0)")
-    number = yaml_number(value)
-    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number) or number <= 0:
-        raise ConfigError(f"{where}.weight must be a finite number > 0 (the factor of this loss in the total "
-                          f"main + sum(weight * auxiliary)), got {value!r}")
-    return float(number)
-
+        raise ConfigError(str(exc)) from exc
