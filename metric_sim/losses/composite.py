@@ -21,7 +21,7 @@ from torch import nn
 from metric_sim.distances import Metric
 from metric_sim.errors import InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.losses.loss import LossResult, MetricLoss, build_loss
-from metric_sim.losses.registry import validate_auxiliary_loss
+from metric_sim.losses.registry import validate_auxiliary_loss, validate_auxiliary_weight
 
 __all__ = ["CompositeLoss", "build_loss_with_auxiliaries"]
 
@@ -34,7 +34,7 @@ class CompositeLoss(MetricLoss):
         super().__init__(name, metric, params, embedding_dim)
         if not auxiliaries:
             raise InvalidArgumentError("CompositeLoss needs at least one auxiliary loss (without one, use MetricLoss)")
-        for i, (loss, weight) in enumerate(auxiliaries):
+        for i, (loss, _) in enumerate(auxiliaries):
             if not isinstance(loss, MetricLoss) or isinstance(loss, CompositeLoss):
                 raise InvalidArgumentTypeError(f"auxiliaries[{i}] must be a MetricLoss, got {type(loss).__name__}")
             if loss.metric is not self.metric or loss.embedding_dim != embedding_dim:
@@ -42,9 +42,9 @@ class CompositeLoss(MetricLoss):
                     f"auxiliaries[{i}] ({loss.name!r}) is on {loss.metric.value} distance of {loss.embedding_dim} dims, "
                     f"the main loss on {self.metric.value} of {embedding_dim}: every term must measure the same distance"
                 )
-            validate_auxiliary_loss({"loss": loss.name, "weight": weight}, self.metric, where=f"auxiliaries[{i}]")
         self.auxiliaries = nn.ModuleList(loss for loss, _ in auxiliaries)
-        self.weights = tuple(float(weight) for _, weight in auxiliaries)
+        self.weights = tuple(validate_auxiliary_weight(weight, where=f"auxiliaries[{i}].weight")
+                             for i, (_, weight) in enumerate(auxiliaries))
 
     @property
     def needs_labels(self) -> bool:

@@ -351,11 +351,7 @@ def validate_auxiliary_loss(
     weight = entry.get("weight")
     if weight is None:
         raise InvalidArgumentError(f"{where}.weight is required: the factor of this loss in the total (a number > 0)")
-    factor = "(the factor of this loss in the total main + sum(weight * auxiliary))"
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise InvalidArgumentTypeError(f"{where}.weight must be a finite number > 0 {factor}, got {weight!r}")
-    if not math.isfinite(weight) or weight <= 0:
-        raise InvalidArgumentError(f"{where}.weight must be a finite number > 0 {factor}, got {weight!r}")
+    weight = validate_auxiliary_weight(weight, where=f"{where}.weight")
     params = entry.get("loss_params")
     params = {} if params is None else params
     if not isinstance(params, Mapping):
@@ -364,7 +360,17 @@ def validate_auxiliary_loss(
         validate_loss_params(name, metric, params, embedding_dim=embedding_dim)
     except (InvalidArgumentError, InvalidArgumentTypeError) as exc:
         raise type(exc)(f"{where}.loss_params: {exc}") from exc
-    return {"loss": name, "weight": float(weight), "loss_params": dict(params)}
+    return {"loss": name, "weight": weight, "loss_params": dict(params)}
+
+
+def validate_auxiliary_weight(weight: Any, *, where: str = "weight") -> float:
+    """An auxiliary loss's weight as a float: a finite number > 0 (its factor in ``main + sum(weight * auxiliary)``)."""
+    factor = "(the factor of this loss in the total main + sum(weight * auxiliary))"
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise InvalidArgumentTypeError(f"{where} must be a finite number > 0 {factor}, got {weight!r}")
+    if not math.isfinite(weight) or weight <= 0:
+        raise InvalidArgumentError(f"{where} must be a finite number > 0 {factor}, got {weight!r}")
+    return float(weight)
 
 
 def _checked_value(spec: LossSpec, metric: Metric, key: str, value: Any) -> Any:

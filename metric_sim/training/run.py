@@ -233,8 +233,9 @@ def _set_up_run(config: TrainConfig, metric: Metric, run_dir: Path, encoder: Tra
     metric_loss = build_loss_with_auxiliaries(config.loss, metric, embedding_dim=embedding_dim,
                                               params=config.loss_params, auxiliaries=config.auxiliary_losses)
     logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
-    auxiliaries = list(metric_loss.auxiliaries) if isinstance(metric_loss, CompositeLoss) else []
+    auxiliaries = []
     if isinstance(metric_loss, CompositeLoss):
+        auxiliaries = list(metric_loss.auxiliaries)
         logger.info("plus auxiliary losses (weight * loss, same batch): %s", metric_loss.describe_auxiliaries())
     if zero_shot:
         for loss in (metric_loss, *auxiliaries):
