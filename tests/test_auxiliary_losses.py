@@ -103,6 +103,7 @@ def test_composite_is_the_main_loss_to_the_rest_of_the_code():
     plain = build_loss_with_auxiliaries("online_contrastive", "euclidean", embedding_dim=DIM,
                                         params={"neg_margin": 0.7})
     assert type(plain) is MetricLoss and not plain.needs_labels  # no auxiliary: exactly build_loss
+    assert plain.auxiliary_terms == () and plain.describe_auxiliaries() == []  # the run record leaves the key out
     embeddings, *batch = _batch()
     same = build_loss("online_contrastive", "euclidean", embedding_dim=DIM, params={"neg_margin": 0.7})
     assert torch.equal(plain(embeddings, *batch).loss, same(embeddings, *batch).loss)
@@ -112,6 +113,8 @@ def test_composite_is_the_main_loss_to_the_rest_of_the_code():
     assert isinstance(composite, CompositeLoss) and isinstance(composite, MetricLoss)
     assert (composite.name, composite.spec, composite.params) == (same.name, same.spec, same.params)
     assert composite.metric is same.metric and composite.needs_labels  # ntxent reads cluster labels
+    (term, weight), = composite.auxiliary_terms
+    assert term is composite.auxiliaries[0] and term.name == "ntxent" and weight == 0.5
     assert composite.weights == (0.5,) and composite.describe_auxiliaries() == [
         {"loss": "ntxent", "weight": 0.5, "loss_params": {"temperature": 0.05, "miner": None}}]
     # one process: the cross-rank wrapper is the composite itself
@@ -278,6 +281,19 @@ def test_training_applies_the_auxiliary_term_and_records_it(tiny_encoder, demo, 
     assert saved["run"]["auxiliary_losses_resolved"] == resolved
     model_meta = json.loads((tmp_path / "run" / "model" / "metric_sim.json").read_text())
     assert model_meta["training"]["auxiliary_losses"] == resolved
+
+
+def test_a_run_without_auxiliary_losses_records_none(tiny_encoder, demo, tmp_path):
+    """The run record and the model metadata of a plain run have no auxiliary key (they save as before)."""
+    small = demo.select(range(64))
+    config = TrainConfig(train_file=str(DEMO_FILE), loss="online_contrastive", batch_size=16, learning_rate=1e-3,
+                         warmup_ratio=0.0, max_steps=1, eval_steps=1, logging_steps=1, seed=7)
+    train(config, tmp_path / "run", encoder=tiny_encoder, train_data=small, dev_data=small, show_progress=False)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert "auxiliary_losses" not in saved and "auxiliary_losses_resolved" not in saved["run"]
+    assert saved["run"]["loss_params_resolved"]["neg_margin"] > 0  # the record itself was written
+    model_meta = json.loads((tmp_path / "run" / "model" / "metric_sim.json").read_text())
+    assert model_meta["training"]["loss"] == "online_contrastive" and "auxiliary_losses" not in model_meta["training"]
 
 
 def test_resume_refuses_a_config_whose_auxiliary_losses_differ(tmp_path):

@@ -51,10 +51,9 @@ class CompositeLoss(MetricLoss):
         # An auxiliary label-based loss (ntxent) wants cluster batches even when the main one reads pairs only.
         return super().needs_labels or any(loss.needs_labels for loss in self.auxiliaries)
 
-    def describe_auxiliaries(self) -> list[dict[str, Any]]:
-        """``[{loss, weight, loss_params}, ...]`` with each auxiliary loss's resolved parameters (for logs)."""
-        return [{"loss": loss.name, "weight": weight, "loss_params": dict(loss.params)}
-                for loss, weight in zip(self.auxiliaries, self.weights, strict=True)]
+    @property
+    def auxiliary_terms(self) -> tuple[tuple[MetricLoss, float], ...]:
+        return tuple(zip(self.auxiliaries, self.weights, strict=True))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weights={list(self.weights)}"
@@ -69,7 +68,7 @@ class CompositeLoss(MetricLoss):
     ) -> LossResult:
         main = super().forward(embeddings, idx_a, idx_b, pair_labels, text_labels)
         total = main.loss
-        for loss, weight in zip(self.auxiliaries, self.weights, strict=True):
+        for loss, weight in self.auxiliary_terms:
             total = total + weight * loss(embeddings, idx_a, idx_b, pair_labels, text_labels).loss
         # tuples / mined stay the main loss's: a batch the main loss cannot use is still a data problem.
         return LossResult(loss=total, tuples=main.tuples, mined=main.mined)

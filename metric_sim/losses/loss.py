@@ -58,6 +58,16 @@ class MetricLoss(nn.Module):
     def needs_labels(self) -> bool:
         return self.spec.kind != "pairs"
 
+    @property
+    def auxiliary_terms(self) -> tuple[tuple[MetricLoss, float], ...]:
+        """``(loss, weight)`` pairs added to this loss on the same batch: none here (see ``CompositeLoss``)."""
+        return ()
+
+    def describe_auxiliaries(self) -> list[dict[str, Any]]:
+        """``[{loss, weight, loss_params}, ...]`` with each auxiliary loss's resolved parameters; ``[]`` for none."""
+        return [{"loss": loss.name, "weight": weight, "loss_params": dict(loss.params)}
+                for loss, weight in self.auxiliary_terms]
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, metric={self.metric.value!r}, params={self.params}"
 

@@ -49,7 +49,7 @@ from metric_sim.layout import (
     MODEL_FINETUNED_DIR,
     TRAIN_CONFIG_FILE,
 )
-from metric_sim.losses.composite import CompositeLoss, build_loss_with_auxiliaries
+from metric_sim.losses.composite import build_loss_with_auxiliaries
 from metric_sim.losses.loss import MetricLoss
 from metric_sim.metrics import ranking_metrics
 from metric_sim.model import SimilarityModel
@@ -168,8 +168,7 @@ def _train(config: TrainConfig | None, out_dir: str | os.PathLike[str], *, resum
     record = {
         "world_size": run.world, "train_pairs": len(run.pairs), "dev_pairs": len(dev_data),
         "sampler": run.plan.sampler, "loss_params_resolved": run.metric_loss.params,
-        **({"auxiliary_losses_resolved": run.metric_loss.describe_auxiliaries()}
-           if isinstance(run.metric_loss, CompositeLoss) else {}),
+        **({"auxiliary_losses_resolved": auxiliaries} if (auxiliaries := run.metric_loss.describe_auxiliaries()) else {}),
         "batches_without_tuple": run.guard.total_empty, "batches_all_easy": run.guard.total_easy, "resumed": resume,
         "hard_negatives": run.hard_negatives,
         "data_summary": {"train": run.train_data.summary(), "dev": dev_data.summary()}, **run.reference,
@@ -233,12 +232,10 @@ def _set_up_run(config: TrainConfig, metric: Metric, run_dir: Path, encoder: Tra
     metric_loss = build_loss_with_auxiliaries(config.loss, metric, embedding_dim=embedding_dim,
                                               params=config.loss_params, auxiliaries=config.auxiliary_losses)
     logger.info("loss %s on raw %s distance, params %s", config.loss, metric.value, metric_loss.params)
-    auxiliaries = []
-    if isinstance(metric_loss, CompositeLoss):
-        auxiliaries = list(metric_loss.auxiliaries)
+    if metric_loss.auxiliary_terms:
         logger.info("plus auxiliary losses (weight * loss, same batch): %s", metric_loss.describe_auxiliaries())
     if zero_shot:
-        for loss in (metric_loss, *auxiliaries):
+        for loss in (metric_loss, *(auxiliary for auxiliary, _ in metric_loss.auxiliary_terms)):
             check_margins(loss, zero_shot)
     mix = MixPlan(config.batch_size, main_pairs, mix_sources) if mix_sources else None
     plan = _batch_plan(config, metric_loss, encoder, pairs, world, mix)
@@ -493,8 +490,8 @@ def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, 
     dev_labels = dev_data.labels
     calibration = calibrate_on_dev(similarity, distances, dev_labels)
     extra = {"training": {"loss": config.loss, "loss_params": metric_loss.params, "steps": trainer.state.global_step}}
-    if isinstance(metric_loss, CompositeLoss):
-        extra["training"]["auxiliary_losses"] = metric_loss.describe_auxiliaries()
+    if auxiliaries := metric_loss.describe_auxiliaries():  # absent without any: the metadata saves as before
+        extra["training"]["auxiliary_losses"] = auxiliaries
     similarity.save(run_dir / (MODEL_DIR if interpolation is None else MODEL_FINETUNED_DIR), extra=extra)
     dev_metrics = {**ranking_metrics(distances, dev_labels),
                    **calibration,
