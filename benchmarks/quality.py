@@ -7,6 +7,7 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
 * ``zero_shot``              the base model, Euclidean and Manhattan rows;
 * ``ms_contrastive_l2/_l1``  metric-sim online contrastive (the task recipe, Manhattan variant);
 * ``ms_contrastive_l2_hn``   the recipe + negatives mined on raw distance (``hard_negatives:``);
+* ``ms_contrastive_l2_hn_far``  the same from each question's neighbours of ranks 11-30 only;
 * ``ms_contrastive_l2_ntxent``  the recipe + 0.5 NT-Xent (t 0.1) as an auxiliary loss on the same batch;
 * ``ms_triplet``, ``ms_ntxent``, ``ms_frozen_head``  other metric-sim losses / frozen encoder;
 * ``st_online_contrastive``, ``st_mnrl``  sentence-transformers' own trainer and losses;

@@ -391,6 +391,9 @@ def test_hard_negative_variant_is_the_recipe_plus_mining_at_the_same_step_budget
     assert config.hard_negatives["anchors"] == "with_positives"
     assert config.replace(hard_negatives=None, max_steps=recipe.max_steps) == recipe
     assert quality.tunable("ms_contrastive_l2_hn")
+    far = quality._ms_config(task, "contrastive_l2_hn_far")  # the same with the 10 nearest skipped
+    assert far.hard_negatives == {**quality.HARD_NEGATIVES, "range_min": 10, "range_max": 30}
+    assert far.replace(hard_negatives=config.hard_negatives) == config
 
 
 def test_auxiliary_ntxent_variant_is_the_recipe_plus_one_weighted_term():
