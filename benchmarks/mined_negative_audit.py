@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def share_called_similar(judge: SimilarityModel, texts_a: list[str], texts_b: list[str]) -> np.ndarray:
+def judge_probabilities(judge: SimilarityModel, texts_a: list[str], texts_b: list[str]) -> np.ndarray:
+    """The judge's calibrated p(similar) of each pair."""
     return judge.predict_proba(texts_a, texts_b, batch_size=128)
 
 
@@ -93,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     used = mine_hard_negatives(starting, train, **options, seed=recipe.seed, show_progress=True)
     mining_s = time.perf_counter() - started
 
-    p_candidates = share_called_similar(judge, candidates.anchor_texts, candidates.negative_texts)
-    p_used = share_called_similar(judge, used.anchor_texts, used.negative_texts)
+    p_candidates = judge_probabilities(judge, candidates.anchor_texts, candidates.negative_texts)
+    p_used = judge_probabilities(judge, used.anchor_texts, used.negative_texts)
     dev_labels = np.asarray(dev.labels)
-    p_dev = share_called_similar(judge, list(dev.texts_a), list(dev.texts_b))
+    p_dev = judge_probabilities(judge, list(dev.texts_a), list(dev.texts_b))
     dev_negatives = float(np.mean(p_dev[dev_labels == 0] > 0.5))
     dev_duplicates = float(np.mean(p_dev[dev_labels == 1] > 0.5))
     per_rank = []
