@@ -176,6 +176,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def seeds_left_out(tuning: dict[str, Any], systems: list[str], seeds: list[int]) -> dict[str, list[int]]:
+    """Per tuned system of ``systems``, the seeds its saved record holds that ``seeds`` lacks.
+
+    A tuned run rewrites its system's record with the seeds it is given, so running it with fewer
+    (say, to add one grid cell on seed 0) would silently shrink a 5-seed row to 1 seed in every later
+    rescore; the cached runs would stay, but the tables would not show them.
+    """
+    return {name: sorted(set(tuning[name].get("seeds", [])) - set(seeds))
+            for name in systems if name in tuning and tunable(name)
+            and set(tuning[name].get("seeds", [])) - set(seeds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -183,14 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, tasks) in SYSTEMS.items():
             print(f"{name:24s} default on {', '.join(tasks)}")
         return 0
+    tuning_file = Path(args.work) / "tuning.json"
+    tuning: dict[str, Any] = json.loads(tuning_file.read_text()) if tuning_file.is_file() else {}
+    if not args.rescore and args.lr_grid is not None:
+        left_out = seeds_left_out(tuning, args.systems, args.fine_tune_seeds)
+        if left_out:
+            build_parser().error(
+                f"{tuning_file} holds tuned runs of seeds the tuned seeds {args.fine_tune_seeds} leave out "
+                f"({', '.join(f'{name}: {seeds}' for name, seeds in left_out.items())}); rerunning would drop them "
+                "from the tables: add them to --seeds (their cached runs are reused), or use another --work")
     task = load_task(args.task, quick=args.quick)
     store = Store(Path(args.work))
     ctx = Context(task, store, args.seeds, args.reuse, args.train_seeds, keep_checkpoints=args.keep_checkpoints)
     logger.info("%s: train %d / dev %d / test %d pairs; budget %d steps, batch %d, max length %d",
                 task.name, len(task.train), len(task.dev), len(task.test), task.steps, task.config.batch_size,
                 task.config.max_length)
-    tuning_file = store.work / "tuning.json"
-    tuning: dict[str, Any] = json.loads(tuning_file.read_text()) if tuning_file.is_file() else {}
     if not args.rescore:
         for name in args.systems:  # each producer skips the rows already in the cache
             started = time.perf_counter()

@@ -409,3 +409,18 @@ def test_auxiliary_ntxent_variant_is_the_recipe_plus_one_weighted_term():
     cell = quality.ms_cell_config(task, "ms_contrastive_l2_ntxent", 1e-4, 0, factor=2.0)
     assert cell.loss_params["neg_margin"] == pytest.approx(2 * recipe.loss_params["neg_margin"])
     assert cell.auxiliary_losses == [NTXENT_AUXILIARY]
+
+
+def test_a_tuned_rerun_that_would_drop_seeds_is_refused(tmp_path, capsys):
+    """Adding a grid cell on seed 0 to a 3-seed row must not shrink the row to 1 seed in the tables."""
+    tuning = {"ms_contrastive_l2": {"seeds": [0, 1, 2], "learning_rate": 1e-4}}
+    (tmp_path / "tuning.json").write_text(json.dumps(tuning))
+    with pytest.raises(SystemExit) as info:
+        quality.main(["--task", "qqp", "--work", str(tmp_path), "--systems", "ms_contrastive_l2",
+                      "--lr-grid", "1e-4", "2e-4", "--seeds", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "ms_contrastive_l2: [1, 2]" in err and str(tmp_path / "tuning.json") in err and "--seeds" in err
+    assert json.loads((tmp_path / "tuning.json").read_text()) == tuning  # nothing rewritten
+    assert quality.seeds_left_out(tuning, ["ms_contrastive_l2"], [0, 1, 2, 3]) == {}  # more seeds: fine
+    assert quality.seeds_left_out(tuning, ["st_online_contrastive", "zero_shot"], [0]) == {}  # other systems
