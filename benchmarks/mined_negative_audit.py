@@ -38,8 +38,7 @@ from quality_systems import HARD_NEGATIVES  # noqa: E402
 from metric_sim import SimilarityModel, TrainConfig  # noqa: E402
 from metric_sim.data import load_preset  # noqa: E402
 from metric_sim.mining import mine_hard_negatives  # noqa: E402
-
-logger = logging.getLogger("mined_negative_audit")
+from metric_sim.training.config import check_hard_negatives  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     candidates = mine_hard_negatives(starting, train, num_negatives=args.ranks, range_max=args.ranks,
                                      anchors=HARD_NEGATIVES["anchors"], seed=args.seed, show_progress=True)
-    options = {k: v for k, v in HARD_NEGATIVES.items() if k != "mine"}
-    used = mine_hard_negatives(starting, train, **options, seed=recipe.seed, show_progress=True)
+    # The block exactly as training turns it into mining options (training/data.py), seed included.
+    options = check_hard_negatives(HARD_NEGATIVES, recipe.metric, recipe.seed)
+    used = mine_hard_negatives(starting, train, batch_size=recipe.eval_batch_size, **options, show_progress=True)
     mining_s = time.perf_counter() - started
 
     p_candidates = judge_probabilities(judge, candidates.anchor_texts, candidates.negative_texts)
