@@ -183,9 +183,9 @@ def seeds_left_out(tuning: dict[str, Any], systems: list[str], seeds: list[int])
     (say, to add one grid cell on seed 0) would silently shrink a 5-seed row to 1 seed in every later
     rescore; the cached runs would stay, but the tables would not show them.
     """
-    return {name: sorted(set(tuning[name].get("seeds", [])) - set(seeds))
-            for name in systems if name in tuning and tunable(name)
-            and set(tuning[name].get("seeds", [])) - set(seeds)}
+    left_out = {name: sorted(set(tuning[name].get("seeds", [])) - set(seeds))
+                for name in systems if name in tuning and tunable(name)}
+    return {name: dropped for name, dropped in left_out.items() if dropped}
 
 
 def main(argv: list[str] | None = None) -> int:
