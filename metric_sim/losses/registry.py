@@ -65,6 +65,10 @@ def _count_triplets(t: IndicesTuple) -> int:
     return len(t[0])
 
 
+def _count_ranked(t: IndicesTuple) -> int:
+    return len(t[0]) * len(t[2])  # (similar, dissimilar) pairs of pairs to order
+
+
 def _contrastive(distance: Any, p: Mapping[str, Any]) -> Any:
     from pytorch_metric_learning.losses import ContrastiveLoss
 
@@ -93,6 +97,12 @@ def _supcon(distance: Any, p: Mapping[str, Any]) -> Any:
     from pytorch_metric_learning.losses import SupConLoss
 
     return SupConLoss(temperature=p["temperature"], distance=distance)
+
+
+def _pair_ranking(distance: Any, p: Mapping[str, Any]) -> Any:
+    from metric_sim.losses.pair_ranking import PairRankingLoss
+
+    return PairRankingLoss(temperature=p["temperature"], distance=distance)
 
 
 def build_miner(name: str | None, distance: Any, p: Mapping[str, Any]) -> Any:
@@ -200,6 +210,18 @@ LOSSES: dict[str, LossSpec] = {
             no_tuple_hint="Contrastive loss " + _PAIR_COUNT_HINT,
             rules={"pos_margin": _POS_MARGIN, "neg_margin": _NEG_MARGIN},
             ordered=(("pos_margin", "neg_margin"),),
+        ),
+        LossSpec(
+            "pair_ranking",
+            "pairs",
+            "CoSENT on raw distance: log(1 + sum exp((d_similar - d_dissimilar) / temperature)) over the batch's "
+            "explicit pairs, every similar pair ranked closer than every dissimilar one",
+            {"temperature": 0.05, "miner": None},
+            _pair_ranking,
+            _count_ranked,
+            distance_params=("temperature",),
+            no_tuple_hint="Pair ranking needs a similar and a dissimilar pair in one batch: increase batch_size.",
+            rules={"temperature": _TEMPERATURE},
         ),
         LossSpec(
             "triplet",
