@@ -40,7 +40,7 @@ def cell_name(name: str, lr: float, seed: int, factor: float = 1.0) -> str:
 # every recipe here, so in practice only neg_margin moves.
 MS_MARGIN_KEYS: dict[str, tuple[str, ...]] = {
     "contrastive": ("neg_margin", "pos_margin"), "online_contrastive": ("neg_margin", "pos_margin"),
-    "triplet": ("margin",), "ntxent": ("temperature",)}
+    "triplet": ("margin",), "ntxent": ("temperature",), "pair_ranking": ("temperature",)}
 # sentence-transformers: (argument, library default, divided by the factor?). OnlineContrastiveLoss'
 # margin is a cosine distance and scales as metric-sim's neg_margin; MNRL's scale is 1 / temperature,
 # so it is divided by the factor, as metric-sim's NT-Xent temperature is multiplied by it.

@@ -411,6 +411,21 @@ def test_auxiliary_ntxent_variant_is_the_recipe_plus_one_weighted_term():
     assert cell.auxiliary_losses == [NTXENT_AUXILIARY]
 
 
+def test_pair_ranking_variants_change_only_the_loss_and_scale_its_temperature():
+    from quality_systems import PAIR_RANKING_AUXILIARY, PAIR_RANKING_PARAMS
+
+    recipe = quality.TrainConfig.from_yaml(quality.RECIPES / "quora_duplicates.yaml")
+    task = quality.Task("qqp", recipe, None, None, None, steps=511)  # type: ignore[arg-type]
+    alone = quality._ms_config(task, "pair_ranking")
+    assert alone.loss == "pair_ranking" and alone.loss_params == PAIR_RANKING_PARAMS
+    assert alone.replace(loss=recipe.loss, loss_params=recipe.loss_params) == recipe
+    added = quality._ms_config(task, "contrastive_l2_pair_ranking")
+    assert added.auxiliary_losses == [PAIR_RANKING_AUXILIARY] and added.replace(auxiliary_losses=[]) == recipe
+    assert quality.tunable("ms_pair_ranking") and quality.tunable("ms_contrastive_l2_pair_ranking")
+    cell = quality.ms_cell_config(task, "ms_pair_ranking", 1e-4, 0, factor=0.5)  # the margin grid's knob
+    assert cell.loss_params["temperature"] == pytest.approx(0.5 * PAIR_RANKING_PARAMS["temperature"])
+
+
 def test_a_tuned_rerun_that_would_drop_seeds_is_refused(tmp_path, capsys):
     """Adding a grid cell on seed 0 to a 3-seed row must not shrink the row to 1 seed in the tables."""
     tuning = {"ms_contrastive_l2": {"seeds": [0, 1, 2], "learning_rate": 1e-4}}

@@ -155,7 +155,51 @@ def test_supcon_by_hand():
     assert result.loss.item() == pytest.approx(sum(terms) / len(terms), abs=1e-5)
 
 
-@pytest.mark.parametrize("name", ["contrastive", "online_contrastive", "triplet", "multi_similarity", "ntxent", "supcon"])
+def _pair_ranking_by_hand(positive, negative, tau):
+    return math.log(1.0 + sum(math.exp((p - n) / tau) for p in positive for n in negative))
+
+
+@pytest.mark.parametrize("metric, distances", [("euclidean", L2), ("manhattan", L1)])
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_pair_ranking_by_hand(metric, distances, tau):
+    result = _loss("pair_ranking", metric, temperature=tau)(E, IDX_A, IDX_B, LABELS)
+    # log(1 + sum over (duplicate, non-duplicate) of exp((d_dup - d_non) / tau)), raw distances.
+    expected = _pair_ranking_by_hand([distances[0, 2], distances[3, 4]], [distances[0, 1], distances[2, 3]], tau)
+    assert result.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert result.tuples == 4 and result.mined == 4  # 2 duplicates x 2 non-duplicates to order
+
+
+def test_pair_ranking_is_the_same_for_either_order_of_each_pair():
+    forward = _loss("pair_ranking", temperature=1.0)(E, IDX_A, IDX_B, LABELS).loss
+    swapped = _loss("pair_ranking", temperature=1.0)(E, IDX_B, IDX_A, LABELS).loss
+    assert forward.item() == pytest.approx(swapped.item(), rel=1e-6)
+
+
+def test_pair_ranking_pulls_duplicates_in_and_pushes_non_duplicates_out():
+    emb = E.clone().requires_grad_(True)
+    _loss("pair_ranking", temperature=1.0)(emb, IDX_A, IDX_B, LABELS).loss.backward()
+    step = emb.detach() - 0.01 * emb.grad
+    d = lambda x, i, j: float(torch.linalg.norm(x[i] - x[j]))  # noqa: E731
+    assert d(step, 3, 4) < d(E, 3, 4)  # the far duplicate comes closer
+    assert d(step, 2, 3) > d(E, 2, 3)  # the close non-duplicate moves away
+
+
+def test_pair_ranking_without_both_kinds_of_pair_is_a_zero_that_keeps_the_graph():
+    emb = E.clone().requires_grad_(True)
+    result = _loss("pair_ranking")(emb, IDX_A[:2], IDX_B[:2], LABELS[:2])  # duplicates only
+    assert result.loss.item() == 0.0 and result.tuples == 0
+    result.loss.backward()
+    assert torch.equal(emb.grad, torch.zeros_like(emb))
+
+
+def test_pair_ranking_stays_finite_for_large_gaps():
+    far = E * 1000.0  # gaps of thousands over a temperature of 0.05: exp would overflow
+    result = _loss("pair_ranking", temperature=0.05)(far, IDX_A, IDX_B, LABELS)
+    assert math.isfinite(result.loss.item())
+    assert result.loss.item() == pytest.approx((far[3] - far[4]).norm().item() / 0.05 - (far[2] - far[3]).norm().item() / 0.05, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", list_losses())
 def test_every_loss_backpropagates(name):
     emb = (E + 0.01 * torch.arange(10.0).reshape(5, 2)).requires_grad_(True)
     result = _loss(name)(emb, IDX_A, IDX_B, LABELS, TEXT_LABELS)
@@ -257,7 +301,7 @@ def test_label_losses_require_text_labels():
 def test_unknown_loss_lists_valid_names():
     with pytest.raises(ValueError) as info:
         build_loss("arcface", "euclidean", embedding_dim=8)
-    for name in ("contrastive", "online_contrastive", "triplet", "multi_similarity", "ntxent", "supcon"):
+    for name in ("contrastive", "online_contrastive", "pair_ranking", "triplet", "multi_similarity", "ntxent", "supcon"):
         assert name in str(info.value)
     assert "'arcface'" in str(info.value)
     assert set(list_losses()) >= {"contrastive", "online_contrastive", "triplet", "multi_similarity", "ntxent", "supcon"}
