@@ -45,9 +45,10 @@ MS_MARGIN_KEYS: dict[str, tuple[str, ...]] = {
 # margin is a cosine distance and scales as metric-sim's neg_margin; MNRL's scale is 1 / temperature,
 # so it is divided by the factor, as metric-sim's NT-Xent temperature is multiplied by it.
 # The multi-task row scales its OnlineContrastiveLoss margin (its MNRL term keeps the default scale).
+# CoSENTLoss's scale is 1 / temperature too, as metric-sim's pair_ranking temperature.
 ST_MARGINS: dict[str, tuple[str, float, bool]] = {
     "online_contrastive": ("margin", 0.5, False), "mnrl": ("scale", 20.0, True), "mnrl_hn": ("scale", 20.0, True),
-    "multitask": ("margin", 0.5, False)}
+    "multitask": ("margin", 0.5, False), "cosent": ("scale", 20.0, True)}
 
 
 def scaled_loss_params(loss: str, params: Mapping[str, Any], factor: float) -> dict[str, Any]:

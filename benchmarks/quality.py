@@ -9,8 +9,11 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
 * ``ms_contrastive_l2_hn``   the recipe + negatives mined on raw distance (``hard_negatives:``);
 * ``ms_contrastive_l2_hn_far``  the same from each question's neighbours of ranks 11-30 only;
 * ``ms_contrastive_l2_ntxent``  the recipe + 0.5 NT-Xent (t 0.1) as an auxiliary loss on the same batch;
+* ``ms_pair_ranking``        pair ranking (CoSENT on raw distance); ``ms_contrastive_l2_pair_ranking``
+                             the recipe + that term on the same batch;
 * ``ms_triplet``, ``ms_ntxent``, ``ms_frozen_head``  other metric-sim losses / frozen encoder;
 * ``st_online_contrastive``, ``st_mnrl``  sentence-transformers' own trainer and losses;
+* ``st_cosent``              sentence-transformers' CoSENTLoss (cosine), the peer of ``ms_pair_ranking``;
 * ``st_mnrl_hn``             MNRL on triplets from sentence-transformers' ``util.mine_hard_negatives``;
 * ``st_multitask``           sentence-transformers' multi-task Quora recipe: OnlineContrastiveLoss on
                              the pairs + MNRL on the duplicates, alternating batches;

@@ -137,6 +137,9 @@ def st_training_data(model: Any, loss_name: str, pairs: PairDataset, margin_fact
     if loss_name == "online_contrastive":
         return (Dataset.from_dict({"sentence1": a, "sentence2": b, "label": y}), loss,
                 {"batch_sampler": BatchSamplers.BATCH_SAMPLER})
+    if loss_name == "cosent":  # a float score per pair; 0/1 labels order every duplicate above every non-duplicate
+        return (Dataset.from_dict({"sentence1": a, "sentence2": b, "score": [float(v) for v in y]}), loss,
+                {"batch_sampler": BatchSamplers.BATCH_SAMPLER})
     if loss_name == "mnrl":
         data = Dataset.from_dict({"anchor": [a[i] for i in duplicates], "positive": [b[i] for i in duplicates]})
         return data, loss, {"batch_sampler": BatchSamplers.NO_DUPLICATES}
@@ -158,7 +161,7 @@ def st_training_data(model: Any, loss_name: str, pairs: PairDataset, margin_fact
 
 def st_loss(model: Any, loss_name: str, factor: float = 1.0) -> Any:
     """The sentence-transformers loss of ``loss_name`` with its margin for ``factor`` (``st_margin``):
-    OnlineContrastiveLoss(margin=0.5 * factor), MultipleNegativesRankingLoss(scale=20 / factor);
+    OnlineContrastiveLoss(margin=0.5 * factor), MultipleNegativesRankingLoss and CoSENTLoss(scale=20 / factor);
     factor 1 is the library's default, as before the margin grid. ``multitask``: a dict of both
     (the margin on the contrastive term), keyed as ``st_training_data``'s datasets."""
     try:
@@ -169,6 +172,8 @@ def st_loss(model: Any, loss_name: str, factor: float = 1.0) -> Any:
     margin = st_margin(loss_name, factor)
     if loss_name == "online_contrastive":
         return losses.OnlineContrastiveLoss(model, **margin)
+    if loss_name == "cosent":
+        return losses.CoSENTLoss(model, **margin)
     if loss_name == "multitask":  # one loss per dataset of st_training_data
         return {"pairs": losses.OnlineContrastiveLoss(model, **margin),
                 "duplicates": losses.MultipleNegativesRankingLoss(model)}

@@ -143,6 +143,7 @@ SYSTEMS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     "st_online_contrastive": (_rows_sentence_transformers("online_contrastive", "sentence-transformers OnlineContrastiveLoss (cosine)"), ("qqp", "stsb", "mrpc")),
     "st_mnrl": (_rows_sentence_transformers("mnrl", "sentence-transformers MultipleNegativesRankingLoss (positives)"), ("qqp",)),
     "st_mnrl_hn": (_rows_sentence_transformers("mnrl_hn", "sentence-transformers MNRL + its mined hard negatives"), ("qqp",)),
+    "st_cosent": (_rows_sentence_transformers("cosent", "sentence-transformers CoSENTLoss (cosine)"), ("qqp",)),
     "st_multitask": (_rows_sentence_transformers("multitask", "sentence-transformers multi-task: OnlineContrastiveLoss + MNRL (its Quora recipe)"), ("qqp",)),
     "baselines": (_rows_baselines, ("qqp", "stsb", "mrpc")),
     "tfidf": (_rows_tfidf, ("qqp", "stsb", "mrpc")),

@@ -102,8 +102,9 @@ def test_scaled_loss_params_and_the_parameter_computations():
     assert fair_peers.st_margin("online_contrastive", 1.5) == {"margin": 0.5 * 1.5}
     assert fair_peers.st_margin("mnrl", 1.0) == {"scale": 20.0}
     assert fair_peers.st_margin("mnrl_hn", 1.5) == {"scale": 20.0 / 1.5}
-    with pytest.raises(ValueError, match="cosent"):
-        fair_peers.st_margin("cosent", 1.0)
+    assert fair_peers.st_margin("cosent", 2.0) == {"scale": 20.0 / 2.0}
+    with pytest.raises(ValueError, match="angle"):
+        fair_peers.st_margin("angle", 1.0)
 
 
 @pytest.mark.parametrize("variant, recipe, task_name, key, base", [
@@ -206,8 +207,11 @@ def test_st_loss_builds_the_scaled_sentence_transformers_losses():
     assert isinstance(oc, losses.OnlineContrastiveLoss) and oc.margin == 0.5 * 1.5
     hn = quality.st_loss(model, "mnrl_hn", 2.0)
     assert isinstance(hn, losses.MultipleNegativesRankingLoss) and hn.scale == 10.0
+    cosent = quality.st_loss(model, "cosent", 2.0)
+    assert isinstance(cosent, losses.CoSENTLoss) and cosent.scale == 10.0
+    assert quality.st_loss(model, "cosent").scale == losses.CoSENTLoss(model).scale == 20.0
     with pytest.raises(ValueError, match="unknown sentence-transformers loss"):
-        quality.st_loss(model, "cosent", 1.0)
+        quality.st_loss(model, "angle", 1.0)
 
 
 # ----------------------------------------------------------------------------- run_tuned and the rows

@@ -88,6 +88,13 @@ def test_single_task_rows_keep_their_datasets():
         quality_st.st_training_data(model, "mnrl_hn", PAIRS)
 
 
+def test_cosent_peer_reads_every_pair_with_its_label_as_a_float_score():
+    data, loss, samplers = quality_st.st_training_data(_no_weights_model(), "cosent", PAIRS)
+    assert isinstance(loss, _losses_module().CoSENTLoss)
+    assert data["sentence1"] == PAIRS.texts_a and data["sentence2"] == PAIRS.texts_b
+    assert data["score"] == [1.0, 0.0, 1.0, 0.0] and str(samplers["batch_sampler"].value) == "batch_sampler"
+
+
 def test_multitask_peer_trains_with_sentence_transformers_own_trainer(tmp_path, demo):
     base = tmp_path / "tiny"
     tiny = build_tiny_encoder()
