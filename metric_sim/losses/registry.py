@@ -216,7 +216,7 @@ LOSSES: dict[str, LossSpec] = {
             "pairs",
             "CoSENT on raw distance: log(1 + sum exp((d_similar - d_dissimilar) / temperature)) over the batch's "
             "explicit pairs, every similar pair ranked closer than every dissimilar one",
-            {"temperature": 0.05, "miner": None},
+            {"temperature": 0.2, "miner": None},  # QQP dev's best of 0.025-0.4 (benchmarks/RESULTS.md)
             _pair_ranking,
             _count_ranked,
             distance_params=("temperature",),
