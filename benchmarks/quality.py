@@ -10,7 +10,8 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
 * ``ms_contrastive_l2_hn_far``  the same from each question's neighbours of ranks 11-30 only;
 * ``ms_contrastive_l2_ntxent``  the recipe + 0.5 NT-Xent (t 0.1) as an auxiliary loss on the same batch;
 * ``ms_pair_ranking``        pair ranking (CoSENT on raw distance); ``ms_contrastive_l2_pair_ranking``
-                             the recipe + that term on the same batch;
+                             the recipe + that term on the same batch; ``ms_pair_ranking_closure`` pair
+                             ranking on the train pairs + the pairs their labels imply by transitivity;
 * ``ms_triplet``, ``ms_ntxent``, ``ms_frozen_head``  other metric-sim losses / frozen encoder;
 * ``st_online_contrastive``, ``st_mnrl``  sentence-transformers' own trainer and losses;
 * ``st_cosent``              sentence-transformers' CoSENTLoss (cosine), the peer of ``ms_pair_ranking``;
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paired bootstrap resamples of the test pairs (fair-peer mode; 0: none)")
     parser.add_argument("--reuse", nargs="*", default=[], metavar="SYSTEM=RUN_DIR",
                         help="take a finished run folder for a trained system instead of training it")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="train every fine-tuned system at batch N for the recipe's epochs (fewer steps), dev "
+                             "evaluated as often per epoch (default: the recipe's batch; one per --work folder)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
     parser.add_argument("--rescore", action="store_true", help="only rescore the cached outputs")
     parser.add_argument("--json", help="write the raw results here")
@@ -154,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if bad:
             parser.error(f"--margin-grid takes positive finite factors, got {', '.join(f'{f:g}' for f in bad)}")
         args.margin_grid = sorted(set(args.margin_grid))
+    if args.batch_size is not None and args.batch_size < 2:
+        parser.error(f"--batch-size takes at least 2 pairs, got {args.batch_size}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap takes a number of resamples >= 0, got {args.bootstrap}")
     seeds = args.train_seeds or args.seeds
@@ -207,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{tuning_file} holds tuned runs of seeds the tuned seeds {args.fine_tune_seeds} leave out "
                 f"({', '.join(f'{name}: {seeds}' for name, seeds in left_out.items())}); rerunning would drop them "
                 "from the tables: add them to --seeds (their cached runs are reused), or use another --work")
-    task = load_task(args.task, quick=args.quick)
+    task = load_task(args.task, quick=args.quick, batch_size=args.batch_size)
     store = Store(Path(args.work))
+    try:
+        store.check_budget(task)
+    except ValueError as error:
+        build_parser().error(str(error))
     ctx = Context(task, store, args.seeds, args.reuse, args.train_seeds, keep_checkpoints=args.keep_checkpoints)
     logger.info("%s: train %d / dev %d / test %d pairs; budget %d steps, batch %d, max length %d",
                 task.name, len(task.train), len(task.dev), len(task.test), task.steps, task.config.batch_size,

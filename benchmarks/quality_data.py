@@ -30,6 +30,7 @@ from metric_sim import (  # noqa: E402
     TrainConfig,
     load_preset,
 )
+from metric_sim.data.pairs import COLUMNS  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TASKS = {"qqp": "quora_duplicates.yaml", "stsb": "stsb_binary.yaml", "mrpc": "mrpc.yaml"}
@@ -57,8 +58,26 @@ def _subsample(data: PairDataset, n: int, seed: int) -> PairDataset:
     return data.select(np.sort(rows))
 
 
-def load_task(name: str, *, quick: bool = False) -> Task:
-    """Train/dev/test of a task, formed exactly as its recipe forms train/dev (test: held out)."""
+def at_batch_size(config: TrainConfig, train_rows: int, batch_size: int) -> TrainConfig:
+    """``config`` at another batch size, with dev evaluated as often per epoch as before.
+
+    The recipe evaluates every ``eval_steps`` of its steps per epoch; keeping the number of
+    evaluations per epoch gives the best-checkpoint rule as many candidates at any batch size.
+    """
+    if batch_size == config.batch_size:
+        return config
+    evals_per_epoch = math.ceil(train_rows / config.batch_size) / config.eval_steps
+    return config.replace(batch_size=batch_size,
+                          eval_steps=max(1, round(math.ceil(train_rows / batch_size) / evals_per_epoch)))
+
+
+def load_task(name: str, *, quick: bool = False, batch_size: int | None = None) -> Task:
+    """Train/dev/test of a task, formed exactly as its recipe forms train/dev (test: held out).
+
+    ``batch_size`` replaces the recipe's for every fine-tuned system: the budget stays the recipe's
+    epochs (so fewer steps of larger batches), and dev is evaluated as often per epoch as the recipe
+    does, so the best-checkpoint rule sees the same number of candidates.
+    """
     # The task's own pairs only: the peers train on nothing else, so the recipe's robust fine-tuning
     # options (mixed-in pairs, frozen layers, L2-SP, weight interpolation) are switched off here;
     # forgetting.py measures them on top of this plain fine-tune.
@@ -72,13 +91,59 @@ def load_task(name: str, *, quick: bool = False) -> Task:
         parts = train_data.group_split({"train": 1.0 - config.dev_fraction, "dev": config.dev_fraction}, seed=config.split_seed)
         train_data, dev = parts["train"], parts["dev"]
     test = load_preset(config.preset, split="test", **low_high)
+    if batch_size is not None:
+        config = at_batch_size(config, len(train_data), batch_size)
     if quick:
         train_data, dev, test = _subsample(train_data, 256, 0), _subsample(dev, 160, 1), _subsample(test, 160, 2)
-        config = config.replace(eval_steps=4, logging_steps=2, batch_size=16)
+        config = config.replace(eval_steps=4, logging_steps=2, batch_size=batch_size or 16)
         steps = 4
     else:
         steps = math.ceil(len(train_data) / config.batch_size) * int(math.ceil(config.epochs))
     return Task(name, config.replace(max_steps=steps), train_data, dev, test, steps)
+
+
+def with_transitive_pairs(data: PairDataset) -> PairDataset:
+    """``data`` followed by the unlabelled pairs its labels imply, for the closure experiment.
+
+    Positives: every two ids of one duplicate cluster (``data.cluster_labels()``, the library's
+    cluster rule) that no row pairs and whose texts differ. Negatives: for each labelled
+    non-duplicate whose two ids are in different clusters, every unlabelled pair of one member of
+    each cluster. Labelled rows are kept as they are (QQP's labels are not always transitive: a
+    labelled non-duplicate inside one cluster stays, and implies nothing). Deterministic order:
+    positives cluster by cluster, then negatives row by row; new ``pair_id`` ``implied-K``.
+    """
+    import datasets
+
+    ids = data.ids_a + data.ids_b
+    text = dict(zip(ids, data.texts_a + data.texts_b, strict=True))
+    cluster = data.cluster_labels()
+    members: dict[int, list[str]] = {}
+    for item in dict.fromkeys(ids):
+        members.setdefault(cluster[item], []).append(item)
+    paired = {frozenset(pair) for pair in zip(data.ids_a, data.ids_b, strict=True)}
+    added: list[tuple[str, str, int]] = []
+
+    def add(a: str, b: str, label: int) -> None:
+        if text[a] != text[b] and frozenset((a, b)) not in paired:
+            paired.add(frozenset((a, b)))
+            added.append((a, b, label))
+
+    for group in members.values():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                add(a, b, 1)
+    for a, b, label in zip(data.ids_a, data.ids_b, data.labels.tolist(), strict=True):
+        if label == 0 and cluster[a] != cluster[b]:
+            for x in members[cluster[a]]:
+                for z in members[cluster[b]]:
+                    add(x, z, 0)
+    base = data.dataset.select_columns(list(COLUMNS))
+    rows = base.to_dict()
+    for k, (a, b, label) in enumerate(added):
+        for column, value in (("text_a", text[a]), ("text_b", text[b]), ("label", label), ("id_a", a),
+                              ("id_b", b), ("pair_id", f"implied-{k}")):
+            rows[column].append(value)
+    return PairDataset(datasets.Dataset.from_dict(rows, features=base.features))
 
 
 class Store:
@@ -105,6 +170,23 @@ class Store:
 
     def rows(self) -> list[str]:
         return sorted(p.stem for p in self.outputs.glob("*.json"))
+
+    def check_budget(self, task: Task) -> None:
+        """Record the task's training budget in ``WORK/budget.json``, or refuse a different one.
+
+        Cached rows are named by system, lr and seed only, so a run at another batch size in the
+        same folder would silently mix budgets in one table.
+        """
+        budget = {"task": task.name, "batch_size": task.config.batch_size, "steps": task.steps,
+                  "eval_steps": task.config.eval_steps, "max_length": task.config.max_length}
+        path = self.work / "budget.json"
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            if recorded != budget:
+                raise ValueError(f"{path} records the budget {recorded}, this run's is {budget}: "
+                                 "use another --work for another task or batch size")
+        else:
+            write_json(path, budget)
 
 
 def encoder_distances(encoder: Encoder, metrics: Sequence[Metric], task: Task, batch_size: int = 64) -> dict[Metric, dict[str, np.ndarray]]:

@@ -35,7 +35,7 @@ from fair_peers import (  # noqa: E402
 )
 from quality_data import Context, Store, Task, encoder_distances  # noqa: E402
 from quality_st import st_mined_triplets, train_sentence_transformers  # noqa: E402
-from quality_systems import SYSTEMS, _ms_config  # noqa: E402
+from quality_systems import SYSTEMS, _ms_config, ms_train_data  # noqa: E402
 
 from metric_sim import Encoder, Metric, SimilarityModel, TrainConfig, train  # noqa: E402
 
@@ -112,7 +112,7 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int, factor: float = 1.
             if not resume and run_dir.exists():
                 shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start again
             logger.info("%s: %s %d steps into %s", cell, "resuming" if resume else "training", ctx.task.steps, run_dir)
-            train(config, run_dir, resume=resume, train_data=ctx.task.train, dev_data=ctx.task.dev, show_progress=False)
+            train(config, run_dir, resume=resume, train_data=ms_train_data(ctx.task, name), dev_data=ctx.task.dev, show_progress=False)
         info = json.loads((run_dir / "train_config.json").read_text())
         dev = json.loads((run_dir / "metrics.json").read_text())["dev"]
         r = info["run"]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_baselines import _rows_baselines, _rows_tfidf  # noqa: E402
-from quality_data import RECIPES, Context, Task, encoder_distances  # noqa: E402
+from quality_data import RECIPES, Context, Task, encoder_distances, with_transitive_pairs  # noqa: E402
 from quality_st import _rows_sentence_transformers  # noqa: E402
 
-from metric_sim import Encoder, Metric, SimilarityModel, TrainConfig, train  # noqa: E402
+from metric_sim import Encoder, Metric, PairDataset, SimilarityModel, TrainConfig, train  # noqa: E402
 
 logger = logging.getLogger("quality")
 
@@ -81,7 +81,9 @@ def _ms_config(task: Task, variant: str) -> TrainConfig:
         # (sentence-transformers' multi-task Quora recipe, on raw distance): temperature 0.1, the
         # best of NT-Xent's sweep on QQP dev; sampler auto then gives cluster batches.
         return base.replace(auxiliary_losses=[dict(NTXENT_AUXILIARY)])
-    if variant == "pair_ranking":  # every duplicate pair of a batch ranked closer than every non-duplicate
+    if variant in ("pair_ranking", "pair_ranking_closure"):
+        # every duplicate pair of a batch ranked closer than every non-duplicate; the closure row
+        # trains the same way on more pairs (ms_train_data), at the same step budget
         return base.replace(loss="pair_ranking", loss_params=dict(PAIR_RANKING_PARAMS))
     if variant == "contrastive_l2_pair_ranking":  # the recipe plus the ranking term on the same batch
         return base.replace(auxiliary_losses=[dict(PAIR_RANKING_AUXILIARY)])
@@ -94,6 +96,12 @@ def _ms_config(task: Task, variant: str) -> TrainConfig:
         return base.replace(freeze_encoder=True, learning_rate=frozen.learning_rate, loss=frozen.loss,
                             loss_params=frozen.loss_params, warmup_ratio=frozen.warmup_ratio)
     raise ValueError(f"unknown metric-sim variant {variant!r}")
+
+
+def ms_train_data(task: Task, name: str) -> PairDataset:
+    """The train pairs of metric-sim system ``name``: the task's, plus the pairs the labels imply
+    by transitivity for ``ms_pair_ranking_closure`` (so mixed into the same 511 steps, not added)."""
+    return with_transitive_pairs(task.train) if name == "ms_pair_ranking_closure" else task.train
 
 
 def _rows_metric_sim(variant: str, label: str) -> Callable[[Context], None]:
@@ -110,7 +118,7 @@ def _metric_sim_row(ctx: Context, name: str, row: str, config: TrainConfig, labe
     run_dir = (ctx.reuse.get(name) if row == name else None) or ctx.store.work / "runs" / row
     if not (run_dir / "model" / "metric_sim.json").is_file():
         logger.info("%s: training %d steps into %s", name, ctx.task.steps, run_dir)
-        train(config, run_dir, train_data=ctx.task.train, dev_data=ctx.task.dev, show_progress=False)
+        train(config, run_dir, train_data=ms_train_data(ctx.task, name), dev_data=ctx.task.dev, show_progress=False)
     info = json.loads((run_dir / "train_config.json").read_text())
     model = SimilarityModel.from_pretrained(run_dir / "model")
     started = time.perf_counter()
@@ -136,6 +144,7 @@ SYSTEMS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     "ms_contrastive_l2_hn_far": (_rows_metric_sim("contrastive_l2_hn_far", "metric-sim online contrastive, Euclidean + mined hard negatives of ranks 11-30"), ("qqp",)),
     "ms_contrastive_l2_ntxent": (_rows_metric_sim("contrastive_l2_ntxent", "metric-sim online contrastive + 0.5 NT-Xent (t 0.1), Euclidean"), ("qqp",)),
     "ms_pair_ranking": (_rows_metric_sim("pair_ranking", "metric-sim pair ranking (CoSENT on raw distance, t 0.2), Euclidean"), ("qqp",)),
+    "ms_pair_ranking_closure": (_rows_metric_sim("pair_ranking_closure", "metric-sim pair ranking (t 0.2), Euclidean, + pairs implied by transitivity"), ("qqp",)),
     "ms_contrastive_l2_pair_ranking": (_rows_metric_sim("contrastive_l2_pair_ranking", "metric-sim online contrastive + pair ranking (t 0.2), Euclidean"), ("qqp",)),
     "ms_triplet": (_rows_metric_sim("triplet", "metric-sim triplet (margin 0.2), Euclidean"), ("qqp",)),
     "ms_ntxent": (_rows_metric_sim("ntxent", "metric-sim NT-Xent in-batch negatives (t 0.05), Euclidean"), ("qqp",)),

@@ -11,6 +11,7 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from metric_sim import PairDataset
 from tests.conftest import MemoryRowStore
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -439,3 +440,75 @@ def test_a_tuned_rerun_that_would_drop_seeds_is_refused(tmp_path, capsys):
     assert json.loads((tmp_path / "tuning.json").read_text()) == tuning  # nothing rewritten
     assert quality.seeds_left_out(tuning, ["ms_contrastive_l2"], [0, 1, 2, 3]) == {}  # more seeds: fine
     assert quality.seeds_left_out(tuning, ["st_online_contrastive", "zero_shot"], [0]) == {}  # other systems
+
+
+def _pairs(rows: list[tuple[str, str, int]], texts: dict[str, str] | None = None) -> PairDataset:
+    import datasets
+
+    texts = texts or {}
+    return PairDataset(datasets.Dataset.from_dict({
+        "text_a": [texts.get(a, f"text {a}") for a, _, _ in rows], "text_b": [texts.get(b, f"text {b}") for _, b, _ in rows],
+        "label": [y for *_, y in rows], "id_a": [a for a, _, _ in rows], "id_b": [b for _, b, _ in rows],
+        "pair_id": [f"p{i}" for i in range(len(rows))]}))
+
+
+def test_transitive_pairs_add_what_the_labels_imply_and_nothing_labelled():
+    from quality_data import with_transitive_pairs
+
+    # clusters {a, b, c, g} (g carries a's text: one item) and {d, e}; h and k are singletons
+    rows = [("a", "b", 1), ("b", "c", 1), ("a", "c", 0), ("d", "e", 1), ("c", "d", 0), ("g", "h", 0),
+            ("h", "k", 0)]
+    data = _pairs(rows, texts={"g": "text a"})
+    out = with_transitive_pairs(data)
+    assert out.pair_ids[:len(rows)] == data.pair_ids and out.labels[:len(rows)].tolist() == [y for *_, y in rows]
+    new = len(rows)
+    added = {frozenset((a, b)): y for a, b, y in zip(out.ids_a[new:], out.ids_b[new:], out.labels[new:].tolist(),
+                                                     strict=True)}
+    assert len(added) == len(out) - len(rows)  # no pair twice
+    positives = {frozenset(p) for p in [("b", "g"), ("c", "g")]}  # (a, c) is labelled 0; (a, g) one text
+    negatives = {frozenset((x, z)) for x in "abcg" for z in "de"} | {frozenset((x, "h")) for x in "abc"}
+    negatives -= {frozenset(("c", "d"))}  # labelled
+    assert {p for p, y in added.items() if y == 1} == positives
+    assert {p for p, y in added.items() if y == 0} == negatives  # (h, k): both singletons, nothing implied
+    assert not set(added) & {frozenset(r[:2]) for r in rows}
+    assert out.pair_ids[len(rows):] == [f"implied-{k}" for k in range(len(added))]
+
+
+def test_another_batch_size_keeps_the_epochs_and_the_evaluations_per_epoch(tmp_path):
+    from quality_data import at_batch_size
+
+    recipe = quality.TrainConfig.from_yaml(quality.RECIPES / "quora_duplicates.yaml")  # batch 32, eval every 100
+    assert at_batch_size(recipe, 16_327, 32) == recipe
+    wider = at_batch_size(recipe, 16_327, 64)  # 256 steps an epoch, 5.11 evaluations as at 511 steps
+    assert (wider.batch_size, wider.eval_steps) == (64, 50)
+    assert wider.replace(batch_size=32, eval_steps=100) == recipe
+    assert at_batch_size(recipe, 16_327, 128).eval_steps == 25
+    assert at_batch_size(recipe, 16_327, 8192).eval_steps == 1  # 2 steps an epoch: never 0
+
+    store = quality.Store(tmp_path)
+    task = quality.Task("qqp", recipe, None, None, None, steps=511)  # type: ignore[arg-type]
+    store.check_budget(task)
+    store.check_budget(task)  # the same budget again: fine
+    other = quality.Task("qqp", wider, None, None, None, steps=256)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"budget\.json records the budget .*'batch_size': 32.*'batch_size': 64"):
+        store.check_budget(other)
+
+
+def test_parse_args_batch_size():
+    assert quality.parse_args(["--work", "w"]).batch_size is None
+    assert quality.parse_args(["--work", "w", "--batch-size", "64"]).batch_size == 64
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--work", "w", "--batch-size", "1"])
+
+
+def test_the_closure_row_trains_pair_ranking_on_the_implied_pairs_too():
+    from quality_systems import ms_train_data
+
+    recipe = quality.TrainConfig.from_yaml(quality.RECIPES / "quora_duplicates.yaml")
+    data = _pairs([("a", "b", 1), ("b", "c", 1), ("c", "d", 0)])
+    task = quality.Task("qqp", recipe, data, None, None, steps=511)  # type: ignore[arg-type]
+    assert ms_train_data(task, "ms_pair_ranking") is data
+    closure = ms_train_data(task, "ms_pair_ranking_closure")
+    assert len(closure) == 3 + 1 + 2  # (a, c) similar; (a, d), (b, d) dissimilar
+    assert quality._ms_config(task, "pair_ranking_closure") == quality._ms_config(task, "pair_ranking")
+    assert quality.tunable("ms_pair_ranking_closure")
