@@ -30,7 +30,8 @@ from metric_sim import (  # noqa: E402
     TrainConfig,
     load_preset,
 )
-from metric_sim.data.pairs import COLUMNS  # noqa: E402
+from metric_sim.data.loader import pairs_from_columns  # noqa: E402
+from metric_sim.data.report import LoadReport  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TASKS = {"qqp": "quora_duplicates.yaml", "stsb": "stsb_binary.yaml", "mrpc": "mrpc.yaml"}
@@ -112,8 +113,6 @@ def with_transitive_pairs(data: PairDataset) -> PairDataset:
     labelled non-duplicate inside one cluster stays, and implies nothing). Deterministic order:
     positives cluster by cluster, then negatives row by row; new ``pair_id`` ``implied-K``.
     """
-    import datasets
-
     ids = data.ids_a + data.ids_b
     text = dict(zip(ids, data.texts_a + data.texts_b, strict=True))
     cluster = data.cluster_labels()
@@ -137,13 +136,13 @@ def with_transitive_pairs(data: PairDataset) -> PairDataset:
             for x in members[cluster[a]]:
                 for z in members[cluster[b]]:
                     add(x, z, 0)
-    base = data.dataset.select_columns(list(COLUMNS))
-    rows = base.to_dict()
-    for k, (a, b, label) in enumerate(added):
-        for column, value in (("text_a", text[a]), ("text_b", text[b]), ("label", label), ("id_a", a),
-                              ("id_b", b), ("pair_id", f"implied-{k}")):
-            rows[column].append(value)
-    return PairDataset(datasets.Dataset.from_dict(rows, features=base.features))
+    columns = {"text_a": data.texts_a + [text[a] for a, _, _ in added],
+               "text_b": data.texts_b + [text[b] for _, b, _ in added],
+               "label": data.labels.tolist() + [label for *_, label in added],
+               "id_a": data.ids_a + [a for a, _, _ in added], "id_b": data.ids_b + [b for _, b, _ in added],
+               "pair_id": data.pair_ids + [f"implied-{k}" for k in range(len(added))]}
+    n = len(columns["label"])
+    return pairs_from_columns(columns, LoadReport(source=f"{data.report.source} + implied pairs", rows_read=n, pairs=n))
 
 
 class Store:
