@@ -85,6 +85,18 @@ class MemoryRowStore:
         self.rows[row] = meta
 
 
+def pair_dataset(rows: list[tuple[str, str, int, str, str]], source: str = "test"):
+    """A ``PairDataset`` from ``(text_a, text_b, label, id_a, id_b)`` rows, pair ids ``"0"``, ``"1"``, ..."""
+    from metric_sim.data.loader import pairs_from_columns
+    from metric_sim.data.report import LoadReport
+
+    columns: dict[str, list] = {"text_a": [], "text_b": [], "label": [], "id_a": [], "id_b": [], "pair_id": []}
+    for k, row in enumerate(rows):
+        for name, value in zip(columns, (*row, str(k)), strict=True):
+            columns[name].append(value)
+    return pairs_from_columns(columns, LoadReport(source=source, rows_read=len(rows), pairs=len(rows)))
+
+
 def build_tiny_tokenizer(extra_texts: list[str] | None = None):
     """A word-level BERT-style tokenizer over a small fixed vocabulary (+ words of extra_texts)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors

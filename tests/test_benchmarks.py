@@ -12,7 +12,7 @@ from scipy.special import expit
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metric_sim import PairDataset
-from tests.conftest import MemoryRowStore
+from tests.conftest import MemoryRowStore, pair_dataset
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -443,13 +443,9 @@ def test_a_tuned_rerun_that_would_drop_seeds_is_refused(tmp_path, capsys):
 
 
 def _pairs(rows: list[tuple[str, str, int]], texts: dict[str, str] | None = None) -> PairDataset:
-    import datasets
-
+    """Pairs of ids; an id's text is ``texts[id]``, or ``"text ID"``."""
     texts = texts or {}
-    return PairDataset(datasets.Dataset.from_dict({
-        "text_a": [texts.get(a, f"text {a}") for a, _, _ in rows], "text_b": [texts.get(b, f"text {b}") for _, b, _ in rows],
-        "label": [y for *_, y in rows], "id_a": [a for a, _, _ in rows], "id_b": [b for _, b, _ in rows],
-        "pair_id": [f"p{i}" for i in range(len(rows))]}))
+    return pair_dataset([(texts.get(a, f"text {a}"), texts.get(b, f"text {b}"), y, a, b) for a, b, y in rows])
 
 
 def test_transitive_pairs_add_what_the_labels_imply_and_nothing_labelled():

@@ -24,7 +24,7 @@ from metric_sim.training.samplers import (
     LengthGroupedPairSampler,
     RandomPairSampler,
 )
-from tests.conftest import DEMO_FILE
+from tests.conftest import DEMO_FILE, pair_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,19 +33,6 @@ TRAIN = "/nonexistent/metric-sim/train.tsv"  # never read: the config is only bu
 
 def _config(**changes):
     return TrainConfig(**{"train_file": TRAIN, "batch_size": 16, **changes})
-
-
-def _pairs(rows):
-    """A PairDataset from (text_a, text_b, label, id_a, id_b) rows."""
-    import datasets
-
-    from metric_sim.data import PairDataset
-
-    columns = {"text_a": [], "text_b": [], "label": [], "id_a": [], "id_b": [], "pair_id": []}
-    for k, (a, b, y, ia, ib) in enumerate(rows):
-        for name, value in zip(columns, (a, b, y, ia, ib, str(k)), strict=True):
-            columns[name].append(value)
-    return PairDataset(datasets.Dataset.from_dict(columns))
 
 
 def _write_pairs(path, rows, header=("text_a", "text_b", "label")):
@@ -162,9 +149,9 @@ def test_pairs_per_batch_rounds_halves_up():
 
 
 def test_mixed_ids_are_namespaced_so_clusters_meet_only_through_a_shared_text():
-    main = _pairs([("how to cook rice", "cook rice how", 1, "1", "2"), ("best car", "good car", 0, "3", "4")])
+    main = pair_dataset([("how to cook rice", "cook rice how", 1, "1", "2"), ("best car", "good car", 0, "3", "4")])
     # Ids 1 and 2 name other texts here (QQP qids and MRPC sentence ids are both small integers).
-    mixed = _pairs([("sell phone", "buy phone", 1, "1", "2"), ("best car", "car best", 1, "7", "8")])
+    mixed = pair_dataset([("sell phone", "buy phone", 1, "1", "2"), ("best car", "car best", 1, "7", "8")])
     combined, sources = mix_into(main, main, [("extra", 0.25, mixed)])
     assert sources == (MixSource("extra", 2, 2, 0.25),)
     assert combined.texts_a == main.texts_a + mixed.texts_a and combined.labels.tolist() == [1, 0, 1, 1]
@@ -184,14 +171,14 @@ def test_a_text_only_the_dev_split_holds_is_refused(demo):
     train_part, dev_part = demo.select(range(40)), demo.select(range(40, 80))
     train_texts = set(train_part.texts_a) | set(train_part.texts_b)
     dev_only = sorted((set(dev_part.texts_a) | set(dev_part.texts_b)) - train_texts)[0]
-    leaking = _pairs([("sell phone", "buy phone", 1, "a", "b"), (dev_only, "buy phone", 0, "c", "b")])
+    leaking = pair_dataset([("sell phone", "buy phone", 1, "a", "b"), (dev_only, "buy phone", 0, "c", "b")])
     with pytest.raises(TrainingError, match=r"mix_pairs\[0\] \(general\): 1 texts appear in the dev split and not "
                                             r"in train \(e\.g\. .*\): mix only pairs"):
         mix_into(train_part, dev_part, [("general", 0.2, leaking)])
     # A dev text that train holds too is no new leak.
     shared = sorted((set(dev_part.texts_a) | set(dev_part.texts_b)) & train_texts)
     if shared:
-        mix_into(train_part, dev_part, [("general", 0.2, _pairs([(shared[0], "buy phone", 0, "c", "d")]))])
+        mix_into(train_part, dev_part, [("general", 0.2, pair_dataset([(shared[0], "buy phone", 0, "c", "d")]))])
     with pytest.raises(TrainingError, match=r"mix_pairs\[0\] \(empty\): the set holds no pairs"):
         mix_into(train_part, dev_part, [("empty", 0.2, leaking.select([]))])
 
@@ -296,7 +283,7 @@ def test_a_plan_that_does_not_match_the_layout_is_refused():
 
 
 def test_main_rows_are_views_so_a_refresh_writes_reach_the_run():
-    pairs = prepare_pairs(_pairs([("a b", "b a", 1, "1", "2"), ("c", "d", 0, "3", "4"), ("e", "f", 1, "5", "6")]))
+    pairs = prepare_pairs(pair_dataset([("a b", "b a", 1, "1", "2"), ("c", "d", 0, "3", "4"), ("e", "f", 1, "5", "6")]))
     view = main_rows(pairs, 2)
     assert len(view) == 2 and view.texts is pairs.texts and view.text_labels is pairs.text_labels
     view.tid_b[np.array([1])] = 5
