@@ -425,6 +425,13 @@ def test_pair_ranking_variants_change_only_the_loss_and_scale_its_temperature():
     assert quality.tunable("ms_pair_ranking") and quality.tunable("ms_contrastive_l2_pair_ranking")
     cell = quality.ms_cell_config(task, "ms_pair_ranking", 1e-4, 0, factor=0.5)  # the margin grid's knob
     assert cell.loss_params["temperature"] == pytest.approx(0.5 * PAIR_RANKING_PARAMS["temperature"])
+    for variant, negatives in (("pair_ranking_hn", quality.HARD_NEGATIVES),
+                               ("pair_ranking_hn_far", {**quality.HARD_NEGATIVES, "range_min": 10, "range_max": 30})):
+        mined = quality._ms_config(task, variant)  # the ranking loss + the contrastive rows' mined negatives
+        assert mined.hard_negatives == negatives and mined.max_steps == 511
+        assert mined.replace(hard_negatives=None, max_steps=recipe.max_steps) == alone
+        assert quality.tunable(f"ms_{variant}")
+        assert quality.ms_cell_config(task, f"ms_{variant}", 1e-4, 0, factor=0.5).hard_negatives == negatives
 
 
 def test_a_tuned_rerun_that_would_drop_seeds_is_refused(tmp_path, capsys):
