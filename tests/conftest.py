@@ -88,9 +88,10 @@ class MemoryRowStore:
 def pair_dataset(rows: list[tuple[str, str, int, str, str]], source: str = "test"):
     """A ``PairDataset`` from ``(text_a, text_b, label, id_a, id_b)`` rows, pair ids ``"0"``, ``"1"``, ..."""
     from metric_sim.data.loader import pairs_from_columns
+    from metric_sim.data.pairs import COLUMNS
     from metric_sim.data.report import LoadReport
 
-    columns: dict[str, list] = {"text_a": [], "text_b": [], "label": [], "id_a": [], "id_b": [], "pair_id": []}
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
     for k, row in enumerate(rows):
         for name, value in zip(columns, (*row, str(k)), strict=True):
             columns[name].append(value)

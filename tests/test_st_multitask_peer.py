@@ -22,17 +22,14 @@ import quality  # noqa: E402
 import quality_st  # noqa: E402
 
 from metric_sim import Encoder  # noqa: E402
-from metric_sim.data.loader import pairs_from_columns  # noqa: E402
-from metric_sim.data.report import LoadReport  # noqa: E402
-from tests.conftest import build_tiny_encoder  # noqa: E402
+from tests.conftest import build_tiny_encoder, pair_dataset  # noqa: E402
 
 st = pytest.importorskip("sentence_transformers")
 
-PAIRS = pairs_from_columns({
-    "text_a": ["how to cook rice", "what is a cat", "who wrote it", "how do plants grow"],
-    "text_b": ["how do i cook rice", "what is a dog", "who is the author", "how do plants grow fast"],
-    "label": [1, 0, 1, 0], "id_a": ["a1", "a2", "a3", "a4"], "id_b": ["b1", "b2", "b3", "b4"],
-    "pair_id": ["0", "1", "2", "3"]}, LoadReport(source="test"))
+PAIRS = pair_dataset([("how to cook rice", "how do i cook rice", 1, "a1", "b1"),
+                      ("what is a cat", "what is a dog", 0, "a2", "b2"),
+                      ("who wrote it", "who is the author", 1, "a3", "b3"),
+                      ("how do plants grow", "how do plants grow fast", 0, "a4", "b4")])
 
 
 def _losses_module():
