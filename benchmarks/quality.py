@@ -85,6 +85,7 @@ from quality_st import (  # noqa: E402
 from quality_systems import HARD_NEGATIVES, SYSTEMS, _ms_config  # noqa: E402
 
 from metric_sim import Calibrator, Metric, TrainConfig, default_model_path  # noqa: E402
+from metric_sim.training.config import LR_SCHEDULERS  # noqa: E402
 
 __all__ = [
     "HARD_NEGATIVES", "RECIPES", "ST_LR", "ST_MINING", "SYSTEMS", "TASKS", "Calibrator", "Context", "Metric",
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="train every fine-tuned system at batch N for the recipe's epochs (fewer steps), dev "
                              "evaluated as often per epoch (default: the recipe's batch; one per --work folder)")
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
+                        help="train every fine-tuned system (metric-sim and sentence-transformers) with this "
+                             "learning-rate schedule after the recipe's warmup (default: the recipe's, linear decay; "
+                             "one per --work folder)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
     parser.add_argument("--rescore", action="store_true", help="only rescore the cached outputs")
     parser.add_argument("--json", help="write the raw results here")
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{tuning_file} holds tuned runs of seeds the tuned seeds {args.fine_tune_seeds} leave out "
                 f"({', '.join(f'{name}: {seeds}' for name, seeds in left_out.items())}); rerunning would drop them "
                 "from the tables: add them to --seeds (their cached runs are reused), or use another --work")
-    task = load_task(args.task, quick=args.quick, batch_size=args.batch_size)
+    task = load_task(args.task, quick=args.quick, batch_size=args.batch_size, lr_scheduler=args.lr_scheduler)
     store = Store(Path(args.work))
     try:
         store.check_budget(task)
@@ -243,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     boot = (tuned_bootstrap(store, task, tuning, resamples=args.bootstrap) if tuning and args.bootstrap else None)
     payload = {"task": task.name, "quick": args.quick, "recipe": TASKS[task.name], "steps": task.steps,
                "batch_size": task.config.batch_size, "max_length": task.config.max_length,
+               "lr_scheduler": task.config.lr_scheduler,
                "eval_steps": task.config.eval_steps,
                "pairs": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
                "test_positives": int(task.test.labels.sum()), "environment": environment(),

@@ -72,12 +72,15 @@ def at_batch_size(config: TrainConfig, train_rows: int, batch_size: int) -> Trai
                           eval_steps=max(1, round(math.ceil(train_rows / batch_size) / evals_per_epoch)))
 
 
-def load_task(name: str, *, quick: bool = False, batch_size: int | None = None) -> Task:
+def load_task(name: str, *, quick: bool = False, batch_size: int | None = None,
+              lr_scheduler: str | None = None) -> Task:
     """Train/dev/test of a task, formed exactly as its recipe forms train/dev (test: held out).
 
     ``batch_size`` replaces the recipe's for every fine-tuned system: the budget stays the recipe's
     epochs (so fewer steps of larger batches), and dev is evaluated as often per epoch as the recipe
-    does, so the best-checkpoint rule sees the same number of candidates.
+    does, so the best-checkpoint rule sees the same number of candidates. ``lr_scheduler`` replaces
+    the recipe's learning-rate schedule (one of ``LR_SCHEDULERS``, the same warmup) for every
+    fine-tuned system, sentence-transformers' included.
     """
     # The task's own pairs only: the peers train on nothing else, so the recipe's robust fine-tuning
     # options (mixed-in pairs, frozen layers, L2-SP, weight interpolation) are switched off here;
@@ -94,6 +97,8 @@ def load_task(name: str, *, quick: bool = False, batch_size: int | None = None) 
     test = load_preset(config.preset, split="test", **low_high)
     if batch_size is not None:
         config = at_batch_size(config, len(train_data), batch_size)
+    if lr_scheduler is not None:
+        config = config.replace(lr_scheduler=lr_scheduler)
     if quick:
         train_data, dev, test = _subsample(train_data, 256, 0), _subsample(dev, 160, 1), _subsample(test, 160, 2)
         config = config.replace(eval_steps=4, logging_steps=2, batch_size=batch_size or 16)
@@ -177,13 +182,15 @@ class Store:
         same folder would silently mix budgets in one table.
         """
         budget = {"task": task.name, "batch_size": task.config.batch_size, "steps": task.steps,
-                  "eval_steps": task.config.eval_steps, "max_length": task.config.max_length}
+                  "eval_steps": task.config.eval_steps, "max_length": task.config.max_length,
+                  "lr_scheduler": task.config.lr_scheduler}
         path = self.work / "budget.json"
         if path.is_file():
-            recorded = json.loads(path.read_text())
+            # folders made before the schedule was recorded all ran the recipes' linear one
+            recorded = {"lr_scheduler": "linear", **json.loads(path.read_text())}
             if recorded != budget:
                 raise ValueError(f"{path} records the budget {recorded}, this run's is {budget}: "
-                                 "use another --work for another task or batch size")
+                                 "use another --work for another task, batch size or lr schedule")
         else:
             write_json(path, budget)
 

@@ -133,7 +133,7 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int, factor: float = 1.
             shutil.rmtree(run_dir)  # a crashed cell trains again from the start
         train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
                                     max_length=c.max_length, seed=seed, learning_rate=lr, dev=ctx.task.dev,
-                                    eval_steps=c.eval_steps, margin_factor=factor,
+                                    eval_steps=c.eval_steps, margin_factor=factor, lr_scheduler=c.lr_scheduler,
                                     triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
     info = json.loads((run_dir / "st_train.json").read_text())
     extra = {}

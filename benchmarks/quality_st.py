@@ -41,7 +41,7 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
                                 batch_size: int, max_length: int, seed: int, callbacks: Sequence[Any] = (),
                                 learning_rate: float = ST_LR, dev: PairDataset | None = None, eval_steps: int | None = None,
                                 triplets: dict[str, list[str]] | None = None, margin_factor: float = 1.0,
-                                model_path: str | Path | None = None) -> dict[str, Any]:
+                                model_path: str | Path | None = None, lr_scheduler: str = "linear") -> dict[str, Any]:
     """Fine-tune with sentence-transformers' own trainer; save ``out_dir/model`` + ``st_train.json``.
 
     ``online_contrastive``: OnlineContrastiveLoss (cosine distance, margin 0.5) on all labelled
@@ -49,7 +49,8 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     duplicate texts (its recommended sampler). ``mnrl_hn``: the same loss on ``triplets``
     (anchor, positive, negative) from ``util.mine_hard_negatives``. ``multitask``: both losses,
     alternating batches (``st_training_data``). ``margin_factor`` scales the
-    loss's margin (see ``st_loss``). Warmup 0.1, fp32, lr and seed as given. Without ``dev`` the
+    loss's margin (see ``st_loss``). Warmup 0.1, fp32, lr, schedule (``lr_scheduler``, the trainer's
+    ``lr_scheduler_type``, linear decay by default as metric-sim's recipes) and seed as given. Without ``dev`` the
     final weights are kept (the trainer's default). With ``dev`` and ``eval_steps``: a
     ``BinaryClassificationEvaluator`` scores dev AP of the Euclidean distance of the (normalised)
     embeddings every ``eval_steps`` steps, a checkpoint is saved at each, and the trainer's
@@ -85,7 +86,7 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
                   "greater_is_better": True}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=batch_size, max_steps=steps,
-        learning_rate=learning_rate, seed=seed, report_to="none", logging_steps=50,
+        learning_rate=learning_rate, lr_scheduler_type=lr_scheduler, seed=seed, report_to="none", logging_steps=50,
         disable_tqdm=True, **samplers, **select, **warmup)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, evaluator=evaluator,
                                          callbacks=list(callbacks))
@@ -96,6 +97,7 @@ def train_sentence_transformers(loss_name: str, train_pairs: PairDataset, out_di
     rows = sum(len(d) for d in data.values()) if isinstance(data, dict) else len(data)
     info = {"loss": loss_name, "steps": steps, "batch_size": batch_size, "train_rows": rows,
             "epochs": round(steps * batch_size / rows, 3), "learning_rate": learning_rate, "warmup": ST_WARMUP,
+            "lr_scheduler": lr_scheduler,
             "seed": seed, "train_s": round(seconds, 1), "pairs_per_s": round(steps * batch_size / seconds, 2),
             "margin_factor": margin_factor, "margin": st_margin(loss_name, margin_factor)}
     if evaluator is not None:
@@ -196,7 +198,7 @@ def _sentence_transformers_row(ctx: Context, loss_name: str, name: str, row: str
         logger.info("%s: training %d steps into %s", row, ctx.task.steps, run_dir)
         c = ctx.task.config
         train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
-                                    max_length=c.max_length, seed=seed,
+                                    max_length=c.max_length, seed=seed, lr_scheduler=c.lr_scheduler,
                                     triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
     info = json.loads((run_dir / "st_train.json").read_text())
     # Our Encoder reads the sentence-transformers layout (mean pooling + Normalize): on unit

@@ -497,6 +497,28 @@ def test_another_batch_size_keeps_the_epochs_and_the_evaluations_per_epoch(tmp_p
         store.check_budget(other)
 
 
+def test_a_budget_names_its_lr_schedule_and_older_folders_read_as_linear(tmp_path):
+    recipe = quality.TrainConfig.from_yaml(quality.RECIPES / "quora_duplicates.yaml")
+    assert recipe.lr_scheduler == "linear"
+    (tmp_path / "budget.json").write_text(json.dumps(  # as written before the schedule was recorded
+        {"task": "qqp", "batch_size": 32, "steps": 511, "eval_steps": 100, "max_length": 128}))
+    store = quality.Store(tmp_path)
+    store.check_budget(quality.Task("qqp", recipe, None, None, None, steps=511))  # type: ignore[arg-type]
+    cosine = quality.Task("qqp", recipe.replace(lr_scheduler="cosine"), None, None, None, steps=511)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'lr_scheduler': 'linear'.*'lr_scheduler': 'cosine'.*lr schedule"):
+        store.check_budget(cosine)
+    fresh = quality.Store(tmp_path / "cosine")
+    fresh.check_budget(cosine)
+    assert json.loads((tmp_path / "cosine" / "budget.json").read_text())["lr_scheduler"] == "cosine"
+
+
+def test_parse_args_lr_scheduler():
+    assert quality.parse_args(["--work", "w"]).lr_scheduler is None
+    assert quality.parse_args(["--work", "w", "--lr-scheduler", "constant_with_warmup"]).lr_scheduler == "constant_with_warmup"
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--work", "w", "--lr-scheduler", "exponential"])
+
+
 def test_parse_args_batch_size():
     assert quality.parse_args(["--work", "w"]).batch_size is None
     assert quality.parse_args(["--work", "w", "--batch-size", "64"]).batch_size == 64

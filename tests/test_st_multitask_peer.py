@@ -108,3 +108,27 @@ def test_multitask_peer_trains_with_sentence_transformers_own_trainer(tmp_path, 
     texts = train.texts_a[:4]
     before, after = tiny.encode(texts), trained.encode(texts)
     assert after.shape == before.shape and not np.allclose(before, after, atol=1e-4)  # the weights moved
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_the_peer_trains_with_the_schedule_it_is_given(tmp_path, demo, schedule):
+    from transformers import TrainerCallback
+
+    class RecordLearningRate(TrainerCallback):
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            self.rates.append(lr_scheduler.get_last_lr()[0])
+
+    base = tmp_path / "tiny"
+    build_tiny_encoder().save(base)
+    record = RecordLearningRate()
+    info = quality.train_sentence_transformers("online_contrastive", demo.select(np.arange(64)), tmp_path / "run",
+                                               steps=6, batch_size=8, max_length=16, seed=0, learning_rate=1e-3,
+                                               model_path=base, lr_scheduler=schedule, callbacks=[record])
+    assert info["lr_scheduler"] == schedule and len(record.rates) == 6
+    if schedule == "constant":
+        assert record.rates == [pytest.approx(1e-3)] * 6
+    else:  # warmup, then down to 0 at the last step
+        assert max(record.rates) == pytest.approx(1e-3) and record.rates[-1] == pytest.approx(0.0)
