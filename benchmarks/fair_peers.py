@@ -205,10 +205,37 @@ def paired_bootstrap_ap_difference(labels: np.ndarray, ours: Sequence[np.ndarray
             "excludes_zero": bool(kept.size and (low > 0 or high < 0))}
 
 
+def _same_command(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two tuning records of one system from the same grid: the same cells chosen on the same seeds."""
+    return list(a["grid"]) == list(b["grid"]) and a.get("select_seeds") == b.get("select_seeds")
+
+
+def with_earlier_grids(record: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``record``, a system's latest tuning record, with the records of the earlier tuning commands
+    of that system in the same work folder under ``earlier`` (oldest first).
+
+    Tuning often goes in steps (an lr grid, then a margin grid at the chosen lr); the latest step
+    makes the choice, but the table must still show the cells the earlier steps chose from. A rerun
+    of the same grid (say, with more seeds at the chosen cell) replaces its earlier record.
+    """
+    if not previous:
+        return dict(record)
+    earlier = [*previous.get("earlier", []), {k: v for k, v in previous.items() if k != "earlier"}]
+    return {**record, "earlier": [e for e in earlier if not _same_command(e, record)]}
+
+
+def grid_cells(tuning: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Every grid cell of every system's tuning records, the earlier grids' included."""
+    return [cell for info in tuning.values() for record in (info, *info.get("earlier", []))
+            for cell in record["grid"].values()]
+
+
 def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the markdown grid table: one row per (system, learning rate), or per
-    (system, learning rate, margin factor) with a ``margin`` column once any grid has factors."""
-    margins = any("margin_factor" in cell for info in tuning.values() for cell in info["grid"].values())
+    (system, learning rate, margin factor) with a ``margin`` column once any grid has factors.
+    Cells only an earlier grid of a system holds (``with_earlier_grids``) follow its latest grid,
+    as system ``NAME (earlier grid)``."""
+    margins = any("margin_factor" in cell for cell in grid_cells(tuning))
     header = ["system", "lr", *(["margin"] if margins else []), "dev AP per seed", "dev AP mean ± sd", "chosen"]
 
     def figures(cell: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -225,6 +252,17 @@ def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], li
             chosen = lr is not None and grid_tag(lr, factor) == tag
             rows.append([name, lr_tag(cell["learning_rate"]), *margin, *figures(cell),
                          "**yes**" if chosen else ("incomplete" if not cell["complete"] else "")])
+        shown = set(info["grid"])
+        for before in info.get("earlier", []):
+            choice = before.get("learning_rate")
+            choice_tag = None if choice is None else grid_tag(choice, before.get("margin_factor") or 1.0)
+            for tag, cell in before["grid"].items():
+                if tag in shown:
+                    continue
+                shown.add(tag)
+                margin = [margin_text(cell.get("margin"), cell.get("margin_factor", 1.0))] if margins else []
+                rows.append([f"{name} (earlier grid)", lr_tag(cell["learning_rate"]), *margin, *figures(cell),
+                             "chosen by that grid" if tag == choice_tag else ("incomplete" if not cell["complete"] else "")])
         tuned = info.get("chosen_dev_ap")
         if tuned:  # the lr was chosen on a subset of seeds: every tuned seed at that lr (and margin)
             margin = [margin_text(info.get("margin"), factor)] if margins else []

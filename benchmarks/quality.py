@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # A test that monkeypatches a name a function looks up at call time patches the module that
 # function lives in (quality_grid for the grid cells), not this one.
 from _common import environment, write_json, write_outputs  # noqa: E402
-from fair_peers import DEFAULT_LR_GRID, lr_tag  # noqa: E402
+from fair_peers import DEFAULT_LR_GRID, grid_cells, lr_tag, with_earlier_grids  # noqa: E402
 from quality_baselines import base_embeddings, fit_mlp, mlp_logits, pair_features, tfidf_distances  # noqa: E402
 from quality_data import RECIPES, TASKS, Context, Store, Task, _subsample, load_task  # noqa: E402
 from quality_grid import (  # noqa: E402
@@ -233,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             if args.lr_grid is not None and tunable(name):
                 label = getattr(SYSTEMS[name][0], "label", name)
-                tuning[name] = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds, args.select_seeds,
-                                         args.margin_grid)
+                record = run_tuned(ctx, name, label, args.lr_grid, args.fine_tune_seeds, args.select_seeds,
+                                   args.margin_grid)
+                tuning[name] = with_earlier_grids(record, tuning.get(name))
                 write_json(tuning_file, tuning)
             else:
                 SYSTEMS[name][0](ctx)
@@ -254,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                "test_positives": int(task.test.labels.sum()), "environment": environment(),
                "results": results, "targets": targets(results)}
     if tuning:
-        payload.update({"lr_grid": sorted({e["learning_rate"] for t in tuning.values() for e in t["grid"].values()}),
+        payload.update({"lr_grid": sorted({e["learning_rate"] for e in grid_cells(tuning)}),
                         "tuning": tuning, "bootstrap": boot})
-        factors = {e["margin_factor"] for t in tuning.values() for e in t["grid"].values() if "margin_factor" in e}
+        factors = {e["margin_factor"] for e in grid_cells(tuning) if "margin_factor" in e}
         if factors:
             payload["margin_grid"] = sorted(factors)
     table = results_table(results)

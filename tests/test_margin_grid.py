@@ -308,3 +308,40 @@ def test_factor_tags_round_trip_the_cli_values():
     for text in ("0.5", "1.25", "2", "0.75"):
         factor = float(text)
         assert fair_peers.grid_tag(5e-5, factor) == f"5e-05@m{text}" and math.isclose(float(f"{factor:g}"), factor)
+
+
+def test_a_margin_grid_after_an_lr_grid_keeps_the_lr_grid_in_the_table(monkeypatch):
+    dev_ap = {(2e-5, 1.0): 0.80, (5e-5, 1.0): 0.83, (1e-4, 1.0): 0.82, (5e-5, 0.5): 0.84, (5e-5, 2.0): 0.81}
+
+    def fake_cell(ctx, name, lr, seed, factor=1.0):
+        return {"cell": fair_peers.cell_name(name, lr, seed, factor), "dev_ap": dev_ap[(lr, factor)] + seed / 1000,
+                "margin": {"neg_margin": 0.8 * factor}}
+
+    monkeypatch.setattr(quality_grid, "grid_cell", fake_cell)
+    store = MemoryRowStore()  # every tuned row cached: run_tuned encodes nothing
+    store.rows.update({"ms_x_tuned@s0": {"cell": "ms_x@lr5e-05@s0"}, "ms_x_tuned@s1": {"cell": "ms_x@lr5e-05@m0.5@s1"}})
+    ctx = type("Ctx", (), {"store": store})()
+    lr_grid = quality.run_tuned(ctx, "ms_x", "x", [2e-5, 5e-5, 1e-4], [0])
+    assert fair_peers.with_earlier_grids(lr_grid, None) == lr_grid
+    store.rows["ms_x_tuned@s0"] = {"cell": "ms_x@lr5e-05@m0.5@s0"}
+    margins = quality.run_tuned(ctx, "ms_x", "x", [5e-5], [0], margin_grid=[0.5, 1.0, 2.0])
+    tuning = {"ms_x": fair_peers.with_earlier_grids(margins, lr_grid)}
+    assert tuning["ms_x"]["margin_factor"] == 0.5 and tuning["ms_x"]["earlier"] == [lr_grid]
+
+    header, rows = fair_peers.tuning_table(tuning)
+    assert header[2] == "margin"
+    assert [(r[0], r[1], r[-1]) for r in rows] == [
+        ("ms_x", "5e-05", "**yes**"), ("ms_x", "5e-05", ""), ("ms_x", "5e-05", ""),
+        ("ms_x (earlier grid)", "2e-05", ""), ("ms_x (earlier grid)", "0.0001", "")]  # 5e-05 x1 shown once
+    assert rows[3][3] == "0.8000" and rows[3][2] == "margin (x1)"
+
+    # the margin grid again with a second seed replaces its own record and keeps the lr grid's
+    more_seeds = quality.run_tuned(ctx, "ms_x", "x", [5e-5], [0, 1], select_seeds=[0], margin_grid=[0.5, 1.0, 2.0])
+    again = fair_peers.with_earlier_grids(more_seeds, tuning["ms_x"])
+    assert again["earlier"] == [lr_grid] and again["seeds"] == [0, 1]
+    assert {cell["learning_rate"] for cell in fair_peers.grid_cells({"ms_x": again})} == {2e-5, 5e-5, 1e-4}
+
+    # an earlier grid that chose another cell says so
+    chose_other = {**lr_grid, "learning_rate": 1e-4}
+    rows = fair_peers.tuning_table({"ms_x": fair_peers.with_earlier_grids(margins, chose_other)})[1]
+    assert rows[-1][0] == "ms_x (earlier grid)" and rows[-1][-1] == "chosen by that grid"
