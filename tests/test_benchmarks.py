@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 
 import quality  # noqa: E402
 import quality_grid  # noqa: E402
+import quality_systems  # noqa: E402
 import speed  # noqa: E402
 
 
@@ -425,6 +426,11 @@ def test_pair_ranking_variants_change_only_the_loss_and_scale_its_temperature():
     assert quality.tunable("ms_pair_ranking") and quality.tunable("ms_contrastive_l2_pair_ranking")
     cell = quality.ms_cell_config(task, "ms_pair_ranking", 1e-4, 0, factor=0.5)  # the margin grid's knob
     assert cell.loss_params["temperature"] == pytest.approx(0.5 * PAIR_RANKING_PARAMS["temperature"])
+    with_ntxent = quality._ms_config(task, "pair_ranking_ntxent")  # the recipe row's auxiliary term, as it is
+    assert with_ntxent.auxiliary_losses == [quality_systems.NTXENT_AUXILIARY]
+    assert with_ntxent.replace(auxiliary_losses=[]) == alone and quality.tunable("ms_pair_ranking_ntxent")
+    cell = quality.ms_cell_config(task, "ms_pair_ranking_ntxent", 1e-4, 0, factor=0.5)
+    assert cell.loss_params["temperature"] == pytest.approx(0.1) and cell.auxiliary_losses == [quality_systems.NTXENT_AUXILIARY]
     for variant, negatives in (("pair_ranking_hn", quality.HARD_NEGATIVES),
                                ("pair_ranking_hn_far", {**quality.HARD_NEGATIVES, "range_min": 10, "range_max": 30})):
         mined = quality._ms_config(task, variant)  # the ranking loss + the contrastive rows' mined negatives
