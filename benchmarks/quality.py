@@ -104,7 +104,8 @@ logger = logging.getLogger("quality")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="qqp")
-    parser.add_argument("--work", required=True, help="cache folder: trained runs, embeddings, per-system outputs")
+    parser.add_argument("--work", help="cache folder: trained runs, embeddings, per-system outputs (required but "
+                                       "with --list)")
     parser.add_argument("--systems", nargs="+", help=f"subset of {sorted(SYSTEMS)} (default: the task's set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the MLP baselines, and with --lr-grid of the tuned fine-tunes too")
@@ -153,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ``fine_tune_seeds`` the seeds of the tuned rows (``--train-seeds``, else ``--seeds``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.work and not args.list:
+        parser.error("the following arguments are required: --work")
     if args.lr_grid is not None:
         grid = sorted(set(args.lr_grid or DEFAULT_LR_GRID))
         if any(not (math.isfinite(lr) and lr > 0) for lr in grid):

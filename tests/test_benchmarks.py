@@ -518,6 +518,14 @@ def test_a_budget_names_its_lr_schedule_and_older_folders_read_as_linear(tmp_pat
     assert json.loads((tmp_path / "cosine" / "budget.json").read_text())["lr_scheduler"] == "cosine"
 
 
+def test_list_needs_no_work_folder_and_every_other_run_does(capsys):
+    assert quality.main(["--list"]) == 0
+    assert "ms_pair_ranking_ntxent" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--systems", "zero_shot"])
+    assert "--work" in capsys.readouterr().err
+
+
 def test_parse_args_lr_scheduler():
     assert quality.parse_args(["--work", "w"]).lr_scheduler is None
     assert quality.parse_args(["--work", "w", "--lr-scheduler", "constant_with_warmup"]).lr_scheduler == "constant_with_warmup"
