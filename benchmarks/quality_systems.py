@@ -92,6 +92,11 @@ def _ms_config(task: Task, variant: str) -> TrainConfig:
         negatives = HARD_NEGATIVES if variant == "pair_ranking_hn" else HARD_NEGATIVES_FAR
         return base.replace(loss="pair_ranking", loss_params=dict(PAIR_RANKING_PARAMS),
                             hard_negatives=dict(negatives), max_steps=task.steps)
+    if variant == "pair_ranking_random":
+        # uniform random batches instead of the length-grouped ones: a grouped batch holds pairs of
+        # one length band, so the ranking loss never orders pairs of different lengths against each
+        # other, which test AP (one ranking of every pair) does
+        return base.replace(loss="pair_ranking", loss_params=dict(PAIR_RANKING_PARAMS), sampler="random")
     if variant == "pair_ranking_ntxent":
         # the ranking loss plus the recipe row's auxiliary InfoNCE: each duplicate also ranked
         # against the batch's other questions (random negatives), not only the labelled ones
@@ -159,6 +164,7 @@ SYSTEMS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     "ms_pair_ranking_closure": (_rows_metric_sim("pair_ranking_closure", "metric-sim pair ranking (t 0.2), Euclidean, + pairs implied by transitivity"), ("qqp",)),
     "ms_pair_ranking_hn": (_rows_metric_sim("pair_ranking_hn", "metric-sim pair ranking (t 0.2), Euclidean + mined hard negatives"), ("qqp",)),
     "ms_pair_ranking_hn_far": (_rows_metric_sim("pair_ranking_hn_far", "metric-sim pair ranking (t 0.2), Euclidean + mined hard negatives of ranks 11-30"), ("qqp",)),
+    "ms_pair_ranking_random": (_rows_metric_sim("pair_ranking_random", "metric-sim pair ranking (t 0.2), Euclidean, random batches"), ("qqp",)),
     "ms_pair_ranking_ntxent": (_rows_metric_sim("pair_ranking_ntxent", "metric-sim pair ranking (t 0.2) + 0.5 NT-Xent (t 0.1), Euclidean"), ("qqp",)),
     "ms_contrastive_l2_pair_ranking": (_rows_metric_sim("contrastive_l2_pair_ranking", "metric-sim online contrastive + pair ranking (t 0.2), Euclidean"), ("qqp",)),
     "ms_triplet": (_rows_metric_sim("triplet", "metric-sim triplet (margin 0.2), Euclidean"), ("qqp",)),

@@ -426,6 +426,8 @@ def test_pair_ranking_variants_change_only_the_loss_and_scale_its_temperature():
     assert quality.tunable("ms_pair_ranking") and quality.tunable("ms_contrastive_l2_pair_ranking")
     cell = quality.ms_cell_config(task, "ms_pair_ranking", 1e-4, 0, factor=0.5)  # the margin grid's knob
     assert cell.loss_params["temperature"] == pytest.approx(0.5 * PAIR_RANKING_PARAMS["temperature"])
+    shuffled = quality._ms_config(task, "pair_ranking_random")
+    assert shuffled.sampler == "random" != recipe.sampler and shuffled.replace(sampler=recipe.sampler) == alone
     with_ntxent = quality._ms_config(task, "pair_ranking_ntxent")  # the recipe row's auxiliary term, as it is
     assert with_ntxent.auxiliary_losses == [quality_systems.NTXENT_AUXILIARY]
     assert with_ntxent.replace(auxiliary_losses=[]) == alone and quality.tunable("ms_pair_ranking_ntxent")

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import datasets
 import numpy as np
 import pytest
 
 from metric_sim.clusters import UnionFind, cluster_ids
 from metric_sim.data import PairDataset, load_pairs
 from metric_sim.errors import InvalidArgumentError
+from tests.conftest import pair_dataset
 
 
 def test_union_find_joins_and_keeps_insertion_order():
@@ -72,15 +72,11 @@ def test_bad_arguments():
 
 
 def _qqp_like() -> PairDataset:
-    rows = {
-        "text_a": ["How to learn Python?", "Best way to learn Python", "Cats or dogs?"],
-        "text_b": ["Best way to learn Python", "Learning Python fast", "Dogs or cats?"],
-        "label": [1, 1, 1],
-        "id_a": ["q1", "q3", "q5"],
-        "id_b": ["q2", "q4", "q6"],  # q2 and q3 hold the same question (QQP has these)
-        "pair_id": ["0", "1", "2"],
-    }
-    return PairDataset(datasets.Dataset.from_dict(rows))
+    return pair_dataset([  # q2 and q3 hold the same question (QQP has these)
+        ("How to learn Python?", "Best way to learn Python", 1, "q1", "q2"),
+        ("Best way to learn Python", "Learning Python fast", 1, "q3", "q4"),
+        ("Cats or dogs?", "Dogs or cats?", 1, "q5", "q6"),
+    ])
 
 
 def test_pair_dataset_uses_the_one_rule():

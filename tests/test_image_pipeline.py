@@ -18,7 +18,7 @@ from metric_sim.errors import ConfigError, DataError, MissingFileError
 from metric_sim.images import describe_record
 from metric_sim.model import SimilarityModel
 from metric_sim.training import TrainConfig, train
-from tests.conftest import DEMO_FILE
+from tests.conftest import DEMO_FILE, pair_dataset
 
 PEOPLE = ("ann", "bob", "cy", "dee", "eve", "fay")
 TINY_CNN = {"widths": [4, 8], "in_channels": 1,
@@ -157,16 +157,11 @@ def test_product_model_end_to_end(faces, tmp_path):
 
 
 def _pair_dataset(a, b, y):
-    import datasets
-
-    from metric_sim.data.pairs import PairDataset
+    """Pairs of canonical item records, ids as an items file gives them."""
     from metric_sim.images import record_id
 
-    ids_a = [record_id(json.loads(x)) for x in a]
-    ids_b = [record_id(json.loads(x)) for x in b]
-    return PairDataset(datasets.Dataset.from_dict({
-        "text_a": a, "text_b": b, "label": y, "id_a": ids_a, "id_b": ids_b,
-        "pair_id": [str(i) for i in range(len(a))]}))
+    return pair_dataset([(x, z, label, record_id(json.loads(x)), record_id(json.loads(z)))
+                         for x, z, label in zip(a, b, y, strict=True)])
 
 
 def test_starting_points_and_their_errors(tmp_path):

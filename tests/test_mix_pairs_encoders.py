@@ -19,7 +19,6 @@ from PIL import Image
 from torch.utils.data import BatchSampler
 
 import metric_sim.training.run as run_module
-from metric_sim.data.pairs import PairDataset
 from metric_sim.distances import Metric
 from metric_sim.encoders.image import image_encoder_from_name
 from metric_sim.encoders.multimodal import ProductEncoder, identity_fusion
@@ -31,7 +30,7 @@ from metric_sim.training.data import add_mix_pairs, load_mix_set, load_training_
 from metric_sim.training.mix_config import MixSource
 from metric_sim.training.mixing import MixPlan
 from tests import test_mix_pairs as text_mix
-from tests.conftest import DEMO_FILE, logged_losses, torchrun
+from tests.conftest import DEMO_FILE, logged_losses, pair_dataset, torchrun
 from tests.test_mix_pairs import MIXED_ROWS, _write_pairs
 from tests.test_robust_training import _faces
 
@@ -152,17 +151,13 @@ def test_an_image_file_mixed_into_a_text_config_names_items_image(tmp_path):
 
 def _records(pairs, title):
     """``pairs`` (image locations) as title + image product records (canonical JSON, ids as a product file's)."""
-    import datasets
-
     def record(location):
         return describe_record({"title": title(location), "image": location})
 
     a = [record(x) for x in pairs.texts_a]
     b = [record(x) for x in pairs.texts_b]
-    return PairDataset(datasets.Dataset.from_dict({
-        "text_a": a, "text_b": b, "label": pairs.labels.tolist(),
-        "id_a": [record_id(json.loads(x)) for x in a], "id_b": [record_id(json.loads(x)) for x in b],
-        "pair_id": [str(i) for i in range(len(a))]}))
+    return pair_dataset([(x, z, label, record_id(json.loads(x)), record_id(json.loads(z)))
+                         for x, z, label in zip(a, b, pairs.labels.tolist(), strict=True)])
 
 
 def test_product_records_mixed_from_a_file_train_in_every_batch(tiny_encoder, tmp_path, fetched, trainers,

@@ -29,7 +29,7 @@ from metric_sim.training import (
     train,
 )
 from metric_sim.training.guards import ZeroLossGuard
-from tests.conftest import DATA_DIR, DEMO_FILE, REPO_ROOT, requires_data
+from tests.conftest import DATA_DIR, DEMO_FILE, REPO_ROOT, pair_dataset, requires_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -183,20 +183,12 @@ def test_recipes_find_their_data(recipe, monkeypatch):
 
 
 def test_prepare_pairs_shares_ids_and_clusters_of_identical_texts():
-    import datasets
-
-    from metric_sim.data import PairDataset
-
-    rows = {
-        "text_a": ["how to cook rice", "how to cook rice", "best car", "sell phone"],
-        "text_b": ["cook rice how", "best car", "good car", "buy phone"],
-        "label": [1, 0, 1, 0],
-        # The same text under two ids (QQP has these): it must be one text, one cluster.
-        "id_a": ["q1", "q9", "q3", "q5"],
-        "id_b": ["q2", "q3", "q4", "q6"],
-        "pair_id": ["0", "1", "2", "3"],
-    }
-    pairs = prepare_pairs(PairDataset(datasets.Dataset.from_dict(rows)))
+    pairs = prepare_pairs(pair_dataset([  # the same text under two ids (QQP has these): one text, one cluster
+        ("how to cook rice", "cook rice how", 1, "q1", "q2"),
+        ("how to cook rice", "best car", 0, "q9", "q3"),
+        ("best car", "good car", 1, "q3", "q4"),
+        ("sell phone", "buy phone", 0, "q5", "q6"),
+    ]))
     assert pairs.texts == ["how to cook rice", "best car", "sell phone", "cook rice how", "good car", "buy phone"]
     assert pairs.tid_a.tolist() == [0, 0, 1, 2] and pairs.tid_b.tolist() == [3, 1, 4, 5]
     labels = pairs.text_labels

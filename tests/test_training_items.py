@@ -13,7 +13,7 @@ from metric_sim.clusters import UnionFind, cluster_ids
 from metric_sim.items import item_id
 from metric_sim.model import SimilarityModel
 from metric_sim.training import PairCollator, TrainConfig, prepare_pairs, train
-from tests.conftest import DEMO_FILE
+from tests.conftest import DEMO_FILE, pair_dataset
 from tests.toy_encoder import ToyVectorEncoder, toy_items
 
 
@@ -136,20 +136,13 @@ def _union_find_text_labels(data) -> list[int]:
 
 
 def test_prepare_pairs_takes_the_datasets_clusters_with_the_same_numbering(demo):
-    import datasets
-
-    from metric_sim.data import PairDataset
-
-    rows = {
-        # "best car" is under q3 and q7, each in its own positive pair: one item, so one cluster.
-        "text_a": ["sell phone", "best car", "how to cook rice", "best car", "cook rice how"],
-        "text_b": ["buy phone", "good car", "cook rice how", "top car", "rice cooking"],
-        "label": [0, 1, 1, 1, 0],
-        "id_a": ["q1", "q3", "q5", "q7", "q6"],
-        "id_b": ["q2", "q4", "q6", "q8", "q9"],
-        "pair_id": ["0", "1", "2", "3", "4"],
-    }
-    small = PairDataset(datasets.Dataset.from_dict(rows))
+    small = pair_dataset([  # "best car" is under q3 and q7, each in its own positive pair: one item, so one cluster
+        ("sell phone", "buy phone", 0, "q1", "q2"),
+        ("best car", "good car", 1, "q3", "q4"),
+        ("how to cook rice", "cook rice how", 1, "q5", "q6"),
+        ("best car", "top car", 1, "q7", "q8"),
+        ("cook rice how", "rice cooking", 0, "q6", "q9"),
+    ])
     pairs = prepare_pairs(small)
     assert pairs.texts == ["sell phone", "best car", "how to cook rice", "cook rice how", "buy phone", "good car",
                            "top car", "rice cooking"]
