@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{name}_tuned"]["learning_rate"] = info["learning_rate"]
             if info.get("margin_grid"):
                 results[f"{name}_tuned"].update(margin_factor=info["margin_factor"], margin=info.get("margin"))
-    boot = (tuned_bootstrap(store, task, tuning, resamples=args.bootstrap) if tuning and args.bootstrap else None)
+    boot = (tuned_bootstrap(store, task, tuning, resamples=args.bootstrap, systems=args.systems)
+            if tuning and args.bootstrap else None)
     payload = {"task": task.name, "quick": args.quick, "recipe": TASKS[task.name], "steps": task.steps,
                "batch_size": task.config.batch_size, "max_length": task.config.max_length,
                "lr_scheduler": task.config.lr_scheduler,

@@ -14,7 +14,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,16 +214,19 @@ def _best_step(cell: dict[str, Any]) -> int | None:
         return None
 
 
-def tuned_bootstrap(store: Store, task: Task, tuning: dict[str, Any], *, resamples: int, seed: int = 0) -> dict[str, Any] | None:
+def tuned_bootstrap(store: Store, task: Task, tuning: dict[str, Any], *, resamples: int, seed: int = 0,
+                    systems: Collection[str] | None = None) -> dict[str, Any] | None:
     """Paired bootstrap of the test-AP difference, our best tuned row vs the best tuned peer row,
-    "best" by mean dev AP at the chosen lr and margin (test does not pick the rows it is then scored on)."""
+    "best" by mean dev AP at the chosen lr and margin (test does not pick the rows it is then scored on).
+    ``systems``: the candidates (default: every tuned system), so that a one-seed probe row kept in the
+    same folder does not stand in for a several-seed row by a dev AP a single seed happened to reach."""
     def dev_mean(name: str) -> float:
         info = tuning[name]
         if "chosen_dev_ap" in info:  # every tuned seed's dev AP, not only the selection seeds'
             return info["chosen_dev_ap"]["dev_ap_mean"]
         return info["grid"][grid_tag(info["learning_rate"], info.get("margin_factor") or 1.0)]["dev_ap_mean"]
 
-    chosen = [n for n in tuning if tuning[n].get("learning_rate") is not None]
+    chosen = [n for n in tuning if tuning[n].get("learning_rate") is not None and (systems is None or n in systems)]
     ours = [n for n in chosen if n.startswith("ms_")]
     peers = [n for n in chosen if n.startswith("st_")]
     if not ours or not peers:

@@ -279,6 +279,10 @@ def test_bootstrap_compares_by_dev_ap_at_the_chosen_lr_and_margin(tmp_path):
     task = type("T", (), {"test": type("L", (), {"labels": y})()})()
     boot = quality.tuned_bootstrap(store, task, tuning, resamples=50)
     assert boot["ours"] == "ms_a_tuned" and boot["peer"] == "st_c_tuned"
+    # limited to the systems asked for (quality.py's --systems): ms_a is not a candidate
+    boot = quality.tuned_bootstrap(store, task, tuning, resamples=50, systems=["ms_b", "st_c"])
+    assert boot["ours"] == "ms_b_tuned" and boot["difference"] == 0  # the same test scores as st_c
+    assert quality.tuned_bootstrap(store, task, tuning, resamples=50, systems=["ms_a"]) is None
 
 
 # ----------------------------------------------------------------------------- command line
