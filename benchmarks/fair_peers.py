@@ -244,25 +244,25 @@ def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], li
             f" ± {cell['dev_ap_std']:.4f}" if cell["dev_ap_std"] is not None else "")
         return per_seed, mean
 
+    def choice_tag(record: Mapping[str, Any]) -> str | None:
+        lr = record.get("learning_rate")
+        return None if lr is None else grid_tag(lr, record.get("margin_factor") or 1.0)
+
     rows = []
     for name, info in tuning.items():
         lr, factor = info.get("learning_rate"), info.get("margin_factor") or 1.0
-        for tag, cell in info["grid"].items():
-            margin = [margin_text(cell.get("margin"), cell.get("margin_factor", 1.0))] if margins else []
-            chosen = lr is not None and grid_tag(lr, factor) == tag
-            rows.append([name, lr_tag(cell["learning_rate"]), *margin, *figures(cell),
-                         "**yes**" if chosen else ("incomplete" if not cell["complete"] else "")])
-        shown = set(info["grid"])
-        for before in info.get("earlier", []):
-            choice = before.get("learning_rate")
-            choice_tag = None if choice is None else grid_tag(choice, before.get("margin_factor") or 1.0)
-            for tag, cell in before["grid"].items():
+        grids = [(name, info, "**yes**"),
+                 *((f"{name} (earlier grid)", before, "chosen by that grid") for before in info.get("earlier", []))]
+        shown: set[str] = set()  # a cell of an earlier grid that a later one holds again is listed once
+        for label, record, mark in grids:
+            chosen = choice_tag(record)
+            for tag, cell in record["grid"].items():
                 if tag in shown:
                     continue
                 shown.add(tag)
                 margin = [margin_text(cell.get("margin"), cell.get("margin_factor", 1.0))] if margins else []
-                rows.append([f"{name} (earlier grid)", lr_tag(cell["learning_rate"]), *margin, *figures(cell),
-                             "chosen by that grid" if tag == choice_tag else ("incomplete" if not cell["complete"] else "")])
+                rows.append([label, lr_tag(cell["learning_rate"]), *margin, *figures(cell),
+                             mark if tag == chosen else ("incomplete" if not cell["complete"] else "")])
         tuned = info.get("chosen_dev_ap")
         if tuned:  # the lr was chosen on a subset of seeds: every tuned seed at that lr (and margin)
             margin = [margin_text(info.get("margin"), factor)] if margins else []
