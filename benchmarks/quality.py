@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train every fine-tuned system (metric-sim and sentence-transformers) with this "
                              "learning-rate schedule after the recipe's warmup (default: the recipe's, linear decay; "
                              "one per --work folder)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N",
+                        help="train every fine-tuned system for N epochs of train (N times the steps; dev evaluated "
+                             "as often per step) instead of the recipe's (default: the recipe's; one per --work "
+                             "folder, recorded as its step budget)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
     parser.add_argument("--rescore", action="store_true", help="only rescore the cached outputs")
     parser.add_argument("--json", help="write the raw results here")
@@ -171,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.margin_grid = sorted(set(args.margin_grid))
     if args.batch_size is not None and args.batch_size < 2:
         parser.error(f"--batch-size takes at least 2 pairs, got {args.batch_size}")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs takes at least 1 epoch, got {args.epochs}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap takes a number of resamples >= 0, got {args.bootstrap}")
     seeds = args.train_seeds or args.seeds
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{tuning_file} holds tuned runs of seeds the tuned seeds {args.fine_tune_seeds} leave out "
                 f"({', '.join(f'{name}: {seeds}' for name, seeds in left_out.items())}); rerunning would drop them "
                 "from the tables: add them to --seeds (their cached runs are reused), or use another --work")
-    task = load_task(args.task, quick=args.quick, batch_size=args.batch_size, lr_scheduler=args.lr_scheduler)
+    task = load_task(args.task, quick=args.quick, batch_size=args.batch_size, lr_scheduler=args.lr_scheduler,
+                     epochs=args.epochs)
     store = Store(Path(args.work))
     try:
         store.check_budget(task)
@@ -255,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     boot = (tuned_bootstrap(store, task, tuning, resamples=args.bootstrap, systems=args.systems)
             if tuning and args.bootstrap else None)
     payload = {"task": task.name, "quick": args.quick, "recipe": TASKS[task.name], "steps": task.steps,
+               "epochs": task.config.epochs,
                "batch_size": task.config.batch_size, "max_length": task.config.max_length,
                "lr_scheduler": task.config.lr_scheduler,
                "eval_steps": task.config.eval_steps,

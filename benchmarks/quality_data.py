@@ -73,14 +73,16 @@ def at_batch_size(config: TrainConfig, train_rows: int, batch_size: int) -> Trai
 
 
 def load_task(name: str, *, quick: bool = False, batch_size: int | None = None,
-              lr_scheduler: str | None = None) -> Task:
+              lr_scheduler: str | None = None, epochs: int | None = None) -> Task:
     """Train/dev/test of a task, formed exactly as its recipe forms train/dev (test: held out).
 
     ``batch_size`` replaces the recipe's for every fine-tuned system: the budget stays the recipe's
     epochs (so fewer steps of larger batches), and dev is evaluated as often per epoch as the recipe
     does, so the best-checkpoint rule sees the same number of candidates. ``lr_scheduler`` replaces
     the recipe's learning-rate schedule (one of ``LR_SCHEDULERS``, the same warmup) for every
-    fine-tuned system, sentence-transformers' included.
+    fine-tuned system, sentence-transformers' included. ``epochs`` replaces the recipe's epochs (the
+    step budget grows with it; dev is still evaluated every ``eval_steps``), to measure how far a
+    longer fine-tune goes beyond the recipe's budget.
     """
     # The task's own pairs only: the peers train on nothing else, so the recipe's robust fine-tuning
     # options (mixed-in pairs, frozen layers, L2-SP, weight interpolation) are switched off here;
@@ -99,6 +101,8 @@ def load_task(name: str, *, quick: bool = False, batch_size: int | None = None,
         config = at_batch_size(config, len(train_data), batch_size)
     if lr_scheduler is not None:
         config = config.replace(lr_scheduler=lr_scheduler)
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
     if quick:
         train_data, dev, test = _subsample(train_data, 256, 0), _subsample(dev, 160, 1), _subsample(test, 160, 2)
         config = config.replace(eval_steps=4, logging_steps=2, batch_size=batch_size or 16)

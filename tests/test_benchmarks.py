@@ -520,6 +520,25 @@ def test_a_budget_names_its_lr_schedule_and_older_folders_read_as_linear(tmp_pat
     assert json.loads((tmp_path / "cosine" / "budget.json").read_text())["lr_scheduler"] == "cosine"
 
 
+def test_epochs_multiply_the_step_budget_and_a_folder_keeps_one(tmp_path, monkeypatch):
+    import quality_data
+
+    rows = [(f"question {k}", f"other {k}", k % 2, f"a{k}", f"b{k}") for k in range(100)]
+    monkeypatch.setattr(quality_data, "load_preset", lambda *args, **kwargs: pair_dataset(rows))
+    recipe = quality_data.load_task("qqp")  # batch 32: 4 steps an epoch of 100 pairs
+    longer = quality_data.load_task("qqp", epochs=3)
+    assert (recipe.steps, recipe.config.max_steps, recipe.config.epochs) == (4, 4, 1)
+    assert (longer.steps, longer.config.max_steps, longer.config.epochs) == (12, 12, 3)
+    assert longer.config.replace(epochs=1, max_steps=4) == recipe.config  # nothing else changes
+    store = quality.Store(tmp_path)
+    store.check_budget(recipe)
+    with pytest.raises(ValueError, match=r"'steps': 4.*'steps': 12"):
+        store.check_budget(longer)
+    assert quality.parse_args(["--work", "w", "--epochs", "3"]).epochs == 3
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--work", "w", "--epochs", "0"])
+
+
 def test_list_needs_no_work_folder_and_every_other_run_does(capsys):
     assert quality.main(["--list"]) == 0
     assert "ms_pair_ranking_ntxent" in capsys.readouterr().out
