@@ -25,6 +25,9 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
                              over both orders, (c) [|x-y|, x*y], (d) |x-y|; one row per seed;
 * ``tfidf``                  TF-IDF cosine (fitted on train texts).
 
+The one-lever probes (``_hn_far``, ``_closure``, the ``ms_pair_ranking_*`` variants, the two auxiliary
+rows, ``st_multitask``) run only when ``--systems`` names them; ``--list`` says which run by default.
+
 Distance systems are calibrated with the library's ``Calibrator`` fitted on dev; MLP heads
 with a Platt (one-feature logistic) fit on their dev logit. Symmetry scores every test pair in
 both orders. Expensive outputs (trained runs, embeddings, per-system distances or logits) are
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.list:
         for name, (_, tasks) in SYSTEMS.items():
-            print(f"{name:24s} default on {', '.join(tasks)}")
+            print(f"{name:31s} {'default on ' + ', '.join(tasks) if tasks else 'only when named'}")
         return 0
     tuning_file = Path(args.work) / "tuning.json"
     tuning: dict[str, Any] = json.loads(tuning_file.read_text()) if tuning_file.is_file() else {}

@@ -219,6 +219,12 @@ def test_parse_args_lr_grid_seeds_and_bootstrap():
     args = quality.parse_args(["--work", "w"])
     assert args.lr_grid is None and args.fine_tune_seeds == [0, 1, 2] and args.bootstrap == 2000
     assert args.systems == [n for n, (_, tasks) in quality.SYSTEMS.items() if "qqp" in tasks]
+    # the compared rows run by default, the one-lever probes only when named
+    assert {"ms_contrastive_l2", "ms_contrastive_l2_hn", "ms_pair_ranking", "st_cosent", "st_online_contrastive",
+            "st_mnrl_hn"} <= set(args.systems)
+    assert not {"ms_pair_ranking_random", "ms_pair_ranking_ntxent", "ms_contrastive_l2_ntxent",
+                "st_multitask"} & set(args.systems)
+    assert quality.parse_args(["--work", "w", "--systems", "ms_pair_ranking_random"]).systems == ["ms_pair_ranking_random"]
     assert quality.parse_args(["--work", "w", "--lr-grid"]).lr_grid == [2e-5, 5e-5, 1e-4]
     args = quality.parse_args(["--work", "w", "--lr-grid", "1e-4", "2e-5", "1e-4", "--seeds", "0", "1",
                                "--bootstrap", "500", "--systems", "ms_contrastive_l2", "st_mnrl_hn"])
@@ -541,7 +547,8 @@ def test_epochs_multiply_the_step_budget_and_a_folder_keeps_one(tmp_path, monkey
 
 def test_list_needs_no_work_folder_and_every_other_run_does(capsys):
     assert quality.main(["--list"]) == 0
-    assert "ms_pair_ranking_ntxent" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "ms_pair_ranking_ntxent" in listing and "only when named" in listing
     with pytest.raises(SystemExit):
         quality.parse_args(["--systems", "zero_shot"])
     assert "--work" in capsys.readouterr().err
