@@ -77,8 +77,9 @@ def st_margin(loss_name: str, factor: float = 1.0) -> dict[str, float]:
 
 
 def margin_text(margin: Mapping[str, float] | None, factor: float) -> str:
-    """``neg_margin 1.2, pos_margin 0 (x1.5)``: the actual values and the factor that gave them."""
-    values = ", ".join(f"{k} {v:.4g}" for k, v in (margin or {}).items()) or "margin"
+    """``neg_margin 1.2, pos_margin 0 (x1.5)``: the actual values and the factor that gave them.
+    Cells recorded before the values were kept at factor 1 read ``default (x1)``: the system's own."""
+    values = ", ".join(f"{k} {v:.4g}" for k, v in (margin or {}).items()) or "default"
     return f"{values} (x{factor:g})"
 
 

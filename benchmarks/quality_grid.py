@@ -164,8 +164,8 @@ def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds:
         entry["best_step"] = [_best_step(cells[(lr, f, seed)]) for seed in select]
         entry["dev_curve"] = [cells[(lr, f, seed)].get("dev_curve") for seed in select]
         entry["train_s"] = [cells[(lr, f, seed)].get("train_s") for seed in select]
-        if margin_grid:
-            entry["margin"] = cells[(lr, f, select[0])].get("margin")
+        # the margin-like value is recorded at factor 1 too, so the grid table names it for every cell
+        entry["margin"] = cells[(lr, f, select[0])].get("margin")
     chosen, factor = (None, None) if choice is None else (choice if margin_grid else (choice, 1.0))
     rule = (f"highest mean dev AP over seeds {select} (complete (lr, margin factor) pairs only); "
             "ties -> margin factor 1, then smaller lr" if margin_grid else
@@ -179,8 +179,7 @@ def run_tuned(ctx: Context, name: str, label: str, grid: Sequence[float], seeds:
     for seed in seeds:  # the chosen pair's other seeds, trained only now
         if (chosen, factor, seed) not in cells:
             cells[(chosen, factor, seed)] = grid_cell(ctx, name, chosen, seed, factor)
-    if margin_grid:
-        record["margin"] = cells[(chosen, factor, seeds[0])].get("margin")
+    record["margin"] = cells[(chosen, factor, seeds[0])].get("margin")
     if set(seeds) != set(select):  # dev AP of every tuned seed at the chosen pair
         chosen_dev = [cells[(chosen, factor, seed)].get("dev_ap") for seed in seeds]
         present = [float(v) for v in chosen_dev if v is not None]

@@ -337,7 +337,11 @@ def test_a_margin_grid_after_an_lr_grid_keeps_the_lr_grid_in_the_table(monkeypat
     assert [(r[0], r[1], r[-1]) for r in rows] == [
         ("ms_x", "5e-05", "**yes**"), ("ms_x", "5e-05", ""), ("ms_x", "5e-05", ""),
         ("ms_x (earlier grid)", "2e-05", ""), ("ms_x (earlier grid)", "0.0001", "")]  # 5e-05 x1 shown once
-    assert rows[3][3] == "0.8000" and rows[3][2] == "margin (x1)"
+    assert rows[3][3] == "0.8000" and rows[3][2] == "neg_margin 0.8 (x1)"  # recorded by the plain lr grid too
+    assert rows[0][2] == "neg_margin 0.4 (x0.5)"
+    # a record written before factor-1 cells kept their values names the system's default, not a value
+    del tuning["ms_x"]["earlier"][0]["grid"]["2e-05"]["margin"]
+    assert fair_peers.tuning_table(tuning)[1][3][2] == "default (x1)"
 
     # the margin grid again with a second seed replaces its own record and keeps the lr grid's
     more_seeds = quality.run_tuned(ctx, "ms_x", "x", [5e-5], [0, 1], select_seeds=[0], margin_grid=[0.5, 1.0, 2.0])
