@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class Curve:
         return f"{self.system} lr {lr_tag(self.learning_rate)}{factor}{budget} ({Path(self.folder).name})"
 
 
-def read_curves(folders: Sequence[str | Path], systems: Sequence[str] | None = None) -> list[Curve]:
-    """Every recorded dev curve of ``systems`` (default: all) in each folder, earlier grids included.
+def read_curves(folders: Sequence[str | Path], systems: Sequence[str] | None = None,
+                learning_rates: Sequence[float] | None = None) -> list[Curve]:
+    """Every recorded dev curve of ``systems`` (default: all) in each folder, earlier grids included,
+    at ``learning_rates`` only where given.
 
     A folder without ``tuning.json`` is an error naming it; a cell without a curve (a record made
     before curves were kept) is skipped, as it has nothing to draw.
@@ -65,7 +68,8 @@ def read_curves(folders: Sequence[str | Path], systems: Sequence[str] | None = N
             seen: set[str] = set()
             for record in (info, *info.get("earlier", [])):
                 for tag, cell in record["grid"].items():
-                    if tag in seen:
+                    if tag in seen or (learning_rates and not any(
+                            math.isclose(cell["learning_rate"], lr) for lr in learning_rates)):
                         continue
                     seen.add(tag)
                     for index, curve in enumerate(cell.get("dev_curve") or []):
@@ -112,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", nargs="+", required=True, help="quality.py --work folders with a tuning.json")
     parser.add_argument("--systems", nargs="+", help="tuned systems to draw (default: every one)")
+    parser.add_argument("--lr", type=float, nargs="+", help="only the cells at these learning rates")
     parser.add_argument("--png", required=True, help="where to write the figure")
     parser.add_argument("--title")
     args = parser.parse_args(argv)
     try:
-        curves = read_curves(args.work, args.systems)
+        curves = read_curves(args.work, args.systems, args.lr)
         out = plot_curves(curves, args.png, args.title)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

@@ -45,6 +45,8 @@ def test_curves_of_every_grid_cell_and_seed_earlier_grids_included_each_cell_onc
     assert curves[1].points == ((100, 0.81), (511, 0.83)) and curves[-1].points[1] == (800, 0.848)
     assert curves[2].label == "ms_x lr 5e-05 x2, 511 steps (one_epoch)"
     assert len(dev_curves.read_curves([one])) == 5  # every system: 4 of ms_x, 1 of st_y
+    assert {(c.system, c.learning_rate) for c in dev_curves.read_curves([one, three], learning_rates=[1e-4])} == {
+        ("ms_x", 1e-4), ("st_y", 1e-4)}
 
 
 def test_the_figure_is_written_and_bad_folders_are_named(tmp_path, capsys):
