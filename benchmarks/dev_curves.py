@@ -81,7 +81,8 @@ def read_curves(folders: Sequence[str | Path], systems: Sequence[str] | None = N
 
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, title: str | None = None) -> Path:
-    """One line per curve (first selection seed solid, others dotted), each budget's end marked."""
+    """One panel per system, one line per curve (first selection seed solid, others dotted), the
+    kept checkpoint starred, each folder's step budget dashed."""
     if not curves:
         raise ValueError("no dev curves to plot")
     import matplotlib
@@ -89,20 +90,24 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, title: str | None = N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for curve in curves:
-        steps, aps = zip(*curve.points, strict=True)
-        ax.plot(steps, aps, "-" if curve.seed_index == 0 else ":", marker="o", markersize=3,
-                label=curve.label if curve.seed_index == 0 else None)
-        best = max(range(len(aps)), key=aps.__getitem__)
-        ax.plot(steps[best], aps[best], "k*", markersize=8)
-    for steps in sorted({c.budget_steps for c in curves if c.budget_steps}):
-        ax.axvline(steps, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("dev AP")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "dev AP during training (star: the kept checkpoint; dashed: a folder's step budget)",
+    systems = list(dict.fromkeys(c.system for c in curves))
+    fig, axes = plt.subplots(1, len(systems), figsize=(7 * len(systems), 4.8), sharey=True, squeeze=False)
+    for ax, system in zip(axes[0], systems, strict=True):
+        mine = [c for c in curves if c.system == system]
+        for curve in mine:
+            steps, aps = zip(*curve.points, strict=True)
+            ax.plot(steps, aps, "-" if curve.seed_index == 0 else ":", marker="o", markersize=3,
+                    label=curve.label.removeprefix(f"{system} ") if curve.seed_index == 0 else None)
+            best = max(range(len(aps)), key=aps.__getitem__)
+            ax.plot(steps[best], aps[best], "k*", markersize=8)
+        for steps in sorted({c.budget_steps for c in mine if c.budget_steps}):
+            ax.axvline(steps, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(system, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("dev AP")
+    fig.suptitle(title or "dev AP during training (star: the kept checkpoint; dashed: a folder's step budget)",
                  fontsize=9)
     fig.tight_layout()
     out = Path(path)
