@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "learning-rate schedule after the recipe's warmup (default: the recipe's, linear decay; "
                              "one per --work folder)")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
-                        help="train every fine-tuned system for N epochs of train (N times the steps; dev evaluated "
-                             "as often per step) instead of the recipe's (default: the recipe's; one per --work "
+                        help="train every fine-tuned system for N epochs of train instead of the recipe's (N times the "
+                             "steps; dev still evaluated every eval_steps; default: the recipe's; one per --work "
                              "folder, recorded as its step budget)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
     parser.add_argument("--rescore", action="store_true", help="only rescore the cached outputs")

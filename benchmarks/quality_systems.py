@@ -154,7 +154,7 @@ def _metric_sim_row(ctx: Context, name: str, row: str, config: TrainConfig, labe
 
 SYSTEMS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     # name -> (producer, tasks it runs on by default). The one-lever probes (a single change to a
-    # recipe, measured on seed 0 and kept for the record) run only when named, so that a plain
+    # recipe or a peer, kept so their RESULTS rows can be rerun) run only when named, so that a plain
     # ``quality.py --task qqp`` trains the rows of the comparison, not every experiment made since.
     "zero_shot": (_rows_zero_shot, ("qqp", "stsb", "mrpc")),
     "ms_contrastive_l2": (_rows_metric_sim("contrastive_l2", "metric-sim online contrastive, Euclidean (task recipe)"), ("qqp", "stsb", "mrpc")),
