@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fair_peers import lr_tag  # noqa: E402
+from fair_peers import lr_tag, system_grid_cells  # noqa: E402
 
 from metric_sim.storage import atomic_file  # noqa: E402
 
@@ -65,18 +65,14 @@ def read_curves(folders: Sequence[str | Path], systems: Sequence[str] | None = N
         for name, info in tuning.items():
             if systems and name not in systems:
                 continue
-            seen: set[str] = set()
-            for record in (info, *info.get("earlier", [])):
-                for tag, cell in record["grid"].items():
-                    if tag in seen or (learning_rates and not any(
-                            math.isclose(cell["learning_rate"], lr) for lr in learning_rates)):
-                        continue
-                    seen.add(tag)
-                    for index, curve in enumerate(cell.get("dev_curve") or []):
-                        if curve:
-                            curves.append(Curve(str(folder), name, float(cell["learning_rate"]),
-                                                float(cell.get("margin_factor", 1.0)), index, steps,
-                                                tuple((int(step), float(ap)) for step, ap in curve)))
+            for _, _, cell in system_grid_cells(info):
+                if learning_rates and not any(math.isclose(cell["learning_rate"], lr) for lr in learning_rates):
+                    continue
+                for index, curve in enumerate(cell.get("dev_curve") or []):
+                    if curve:
+                        curves.append(Curve(str(folder), name, float(cell["learning_rate"]),
+                                            float(cell.get("margin_factor", 1.0)), index, steps,
+                                            tuple((int(step), float(ap)) for step, ap in curve)))
     return curves
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -225,10 +225,21 @@ def with_earlier_grids(record: Mapping[str, Any], previous: Mapping[str, Any] | 
     return {**record, "earlier": [e for e in earlier if not _same_command(e, record)]}
 
 
+def system_grid_cells(info: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], str, Mapping[str, Any]]]:
+    """``(record, tag, cell)`` for every grid cell of one system's tuning record: its latest grid
+    first, then its earlier ones (``with_earlier_grids``); a cell that a later grid holds again is
+    given once, from the later grid."""
+    shown: set[str] = set()
+    for record in (info, *info.get("earlier", [])):
+        for tag, cell in record["grid"].items():
+            if tag not in shown:
+                shown.add(tag)
+                yield record, tag, cell
+
+
 def grid_cells(tuning: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Every grid cell of every system's tuning records, the earlier grids' included."""
-    return [cell for info in tuning.values() for record in (info, *info.get("earlier", []))
-            for cell in record["grid"].values()]
+    return [cell for info in tuning.values() for _, _, cell in system_grid_cells(info)]
 
 
 def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -252,18 +263,11 @@ def tuning_table(tuning: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], li
     rows = []
     for name, info in tuning.items():
         lr, factor = info.get("learning_rate"), info.get("margin_factor") or 1.0
-        grids = [(name, info, "**yes**"),
-                 *((f"{name} (earlier grid)", before, "chosen by that grid") for before in info.get("earlier", []))]
-        shown: set[str] = set()  # a cell of an earlier grid that a later one holds again is listed once
-        for label, record, mark in grids:
-            chosen = choice_tag(record)
-            for tag, cell in record["grid"].items():
-                if tag in shown:
-                    continue
-                shown.add(tag)
-                margin = [margin_text(cell.get("margin"), cell.get("margin_factor", 1.0))] if margins else []
-                rows.append([label, lr_tag(cell["learning_rate"]), *margin, *figures(cell),
-                             mark if tag == chosen else ("incomplete" if not cell["complete"] else "")])
+        for record, tag, cell in system_grid_cells(info):
+            label, mark = (name, "**yes**") if record is info else (f"{name} (earlier grid)", "chosen by that grid")
+            margin = [margin_text(cell.get("margin"), cell.get("margin_factor", 1.0))] if margins else []
+            rows.append([label, lr_tag(cell["learning_rate"]), *margin, *figures(cell),
+                         mark if tag == choice_tag(record) else ("incomplete" if not cell["complete"] else "")])
         tuned = info.get("chosen_dev_ap")
         if tuned:  # the lr was chosen on a subset of seeds: every tuned seed at that lr (and margin)
             margin = [margin_text(info.get("margin"), factor)] if margins else []
