@@ -15,6 +15,7 @@ length (the task recipe's). Systems (``--systems`` picks some; ``--list`` shows 
                              ``ms_pair_ranking_hn``/``_hn_far`` + the mined negatives above;
                              ``ms_pair_ranking_ntxent`` + 0.5 NT-Xent (t 0.1) on the same batch;
                              ``ms_pair_ranking_random`` with uniform random batches, not length-grouped;
+                             ``ms_pair_ranking_llrd`` with layer-wise lr decay 0.8 (``layer_lr_decay``);
 * ``ms_triplet``, ``ms_ntxent``, ``ms_frozen_head``  other metric-sim losses / frozen encoder;
 * ``st_online_contrastive``, ``st_mnrl``  sentence-transformers' own trainer and losses;
 * ``st_cosent``              sentence-transformers' CoSENTLoss (cosine), the peer of ``ms_pair_ranking``;

@@ -222,7 +222,7 @@ def test_parse_args_lr_grid_seeds_and_bootstrap():
     # the compared rows run by default, the one-lever probes only when named
     assert {"ms_contrastive_l2", "ms_contrastive_l2_hn", "ms_pair_ranking", "st_cosent", "st_online_contrastive",
             "st_mnrl_hn"} <= set(args.systems)
-    assert not {"ms_pair_ranking_random", "ms_pair_ranking_ntxent", "ms_contrastive_l2_ntxent",
+    assert not {"ms_pair_ranking_random", "ms_pair_ranking_ntxent", "ms_pair_ranking_llrd", "ms_contrastive_l2_ntxent",
                 "st_multitask"} & set(args.systems)
     assert quality.parse_args(["--work", "w", "--systems", "ms_pair_ranking_random"]).systems == ["ms_pair_ranking_random"]
     assert quality.parse_args(["--work", "w", "--lr-grid"]).lr_grid == [2e-5, 5e-5, 1e-4]
@@ -434,6 +434,8 @@ def test_pair_ranking_variants_change_only_the_loss_and_scale_its_temperature():
     assert cell.loss_params["temperature"] == pytest.approx(0.5 * PAIR_RANKING_PARAMS["temperature"])
     shuffled = quality._ms_config(task, "pair_ranking_random")
     assert shuffled.sampler == "random" != recipe.sampler and shuffled.replace(sampler=recipe.sampler) == alone
+    decayed = quality._ms_config(task, "pair_ranking_llrd")
+    assert decayed.layer_lr_decay == quality_systems.LAYER_LR_DECAY < 1 and decayed.replace(layer_lr_decay=1.0) == alone
     with_ntxent = quality._ms_config(task, "pair_ranking_ntxent")  # the recipe row's auxiliary term, as it is
     assert with_ntxent.auxiliary_losses == [quality_systems.NTXENT_AUXILIARY]
     assert with_ntxent.replace(auxiliary_losses=[]) == alone and quality.tunable("ms_pair_ranking_ntxent")

@@ -26,6 +26,7 @@ from metric_sim.errors import (
 )
 from metric_sim.losses.registry import list_losses
 from metric_sim.training.interpolate_config import check_interpolate
+from metric_sim.training.layers import check_layer_lr_decay
 from metric_sim.training.loss_config import check_auxiliary_losses, check_loss_params
 from metric_sim.training.mix_config import check_mix_pairs
 from metric_sim.validation import (
@@ -48,7 +49,10 @@ _MINING_KEYS = ("num_negatives", "range_min", "range_max", "relative_margin", "m
 # refresh_steps: re-mine every N optimiser steps with the model being trained (never passed to mining).
 HARD_NEGATIVE_KEYS = ("file", "mine", "refresh_steps", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
-                 "epochs", "max_grad_norm", "l2sp_weight"}
+                 "epochs", "max_grad_norm", "l2sp_weight", "layer_lr_decay"}
+# Keys added after configs were first saved, with their off value: a config leaves them out when off, so
+# its train_config.json is the one it saved before they existed.
+_SAVED_WHEN_SET: dict[str, Any] = {"auxiliary_losses": [], "layer_lr_decay": 1.0}
 
 
 @dataclass
@@ -69,6 +73,9 @@ class TrainConfig:
     (``num_negatives``, ``range_min``, ``range_max``, ``relative_margin``,
     ``sampling_strategy``, ``index_kind``, ``seed``; ``seed`` defaults to the config's), plus
     ``refresh_steps: N`` to mine again every N optimiser steps with the encoder being trained.
+
+    ``layer_lr_decay`` trains each encoder layer at that multiple of the rate of the layer above it
+    (the top layer and any head at ``learning_rate``): :mod:`metric_sim.training.layers`.
 
     ``freeze_layers`` (the embeddings/stem + the lowest N layers stay fixed) and ``l2sp_weight``
     (a penalty pulling the weights towards the starting ones) keep what the base model knew:
@@ -138,6 +145,8 @@ class TrainConfig:
     mix_pairs: list[dict[str, Any]] = field(default_factory=list)  # checked in mix_config
     interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
     auxiliary_losses: list[dict[str, Any]] = field(default_factory=list)  # loss_config; saved only when set
+    # each encoder layer's lr is this times the lr of the layer above (layers.py); 1: one lr for all; saved when set
+    layer_lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -246,6 +255,9 @@ class TrainConfig:
             raise ConfigError(f"l2sp_weight must be a finite number >= 0 (0: off), got {weight!r}")
         if layers and self.freeze_encoder:  # freeze_encoder already freezes every layer (and caches embeddings)
             raise ConfigError(f"freeze_layers={layers!r} and freeze_encoder: true exclude each other: set one")
+        decay = check_layer_lr_decay(self.layer_lr_decay)
+        if decay != 1 and self.freeze_encoder:  # only the head trains: there are no layers to spread rates over
+            raise ConfigError(f"layer_lr_decay={decay!r} and freeze_encoder: true exclude each other: set one")
 
     def _check_score_thresholds(self) -> None:
         # Only the score presets binarise a score; anywhere else the thresholds would be silently ignored.
@@ -299,8 +311,9 @@ class TrainConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        # Without auxiliary losses a config saves exactly as it did before the key existed.
-        return {key: value for key, value in dataclasses.asdict(self).items() if value or key != "auxiliary_losses"}
+        # Keys saved only when set: without them a config saves exactly as it did before they existed.
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if key not in _SAVED_WHEN_SET or value != _SAVED_WHEN_SET[key]}
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> TrainConfig:

@@ -26,6 +26,7 @@ from torch import nn
 from metric_sim.errors import ConfigError, TrainingError
 from metric_sim.layout import TRAIN_CONFIG_FILE
 from metric_sim.schema import SHA256_HEX, SavedFields, read_json_file
+from metric_sim.training.layers import LAYERS_SUPPORTED, layered_parts
 
 __all__ = ["REFERENCE_KEY", "L2SP", "FrozenLayers", "build_l2sp", "check_l2sp_reference", "freeze_lower_layers",
            "starting_parameter_ids"]
@@ -149,27 +150,12 @@ def freeze_lower_layers(encoder: nn.Module, count: int) -> FrozenLayers | None:
     if not count:
         return None
     names: set[str] = set()
-    for label, prefix, groups in _layered_parts(encoder):
+    for label, prefix, groups in layered_parts(encoder):
         if groups is None:
             raise ConfigError(f"freeze_layers={count!r}: {label} cannot be split into layers (supported: "
-                              "transformers text and vision models, timm models with stages, the small CNN)")
+                              f"{LAYERS_SUPPORTED})")
         depth = len(groups) - 1
         if count > depth:
             raise ConfigError(f"freeze_layers={count!r} exceeds the depth of {label}: {depth} layers")
         names.update(prefix + name for group in groups[: count + 1] for name in group)
     return FrozenLayers(encoder, names)
-
-
-def _layered_parts(encoder: nn.Module) -> list[tuple[str, str, list[list[str]] | None]]:
-    """(what, name prefix, layer groups) of each tower: a multimodal encoder has two, the others one."""
-    from metric_sim.encoders.multimodal import ProductEncoder
-
-    if isinstance(encoder, ProductEncoder):
-        return [(f"the multimodal encoder's {part} part ({type(tower).__name__})", f"{part}.", _groups(tower))
-                for part, tower in (("text", encoder.text), ("image", encoder.image))]
-    return [(f"the {getattr(encoder, 'kind', '') or type(encoder).__name__} encoder", "", _groups(encoder))]
-
-
-def _groups(encoder: nn.Module) -> list[list[str]] | None:
-    method = getattr(encoder, "layer_groups", None)
-    return method() if callable(method) else None

@@ -61,6 +61,7 @@ from metric_sim.training.dev import DevEvaluator, calibrate_on_dev
 from metric_sim.training.frozen import ProjectionHead, base_embeddings, identity_projection
 from metric_sim.training.guards import ZeroLossGuard, check_margins, preflight
 from metric_sim.training.interpolate_step import InterpolationStep, prepare_interpolation
+from metric_sim.training.layers import layer_lr_scales
 from metric_sim.training.mixing import MixedBatchSampler, MixPlan, main_rows
 from metric_sim.training.refresh import HardNegativeRefresh
 from metric_sim.training.regularizers import (
@@ -252,8 +253,12 @@ def _set_up_run(config: TrainConfig, metric: Metric, run_dir: Path, encoder: Tra
     # The refresh rewrites mined rows of the main data: it sees those rows alone (views: writes reach pairs).
     refresh = _refresh_callbacks(config, encoder, split_train, main_rows(pairs, main_pairs), run_dir,
                                  hard_negatives)
+    lr_scales = layer_lr_scales(model, config.layer_lr_decay)
+    if lr_scales:
+        logger.info("layer_lr_decay %g: the lowest layer group at lr x %.3g, the top one (and any head) at lr",
+                    config.layer_lr_decay, min(lr_scales.values()))
     trainer = _make_trainer(model, args, pairs, collator, metric_loss, evaluator, plan, guard,
-                            [*refresh, *callbacks], show_progress, l2sp)
+                            [*refresh, *callbacks], show_progress, l2sp, lr_scales)
     logger.info("training: %d steps planned (%d per epoch), batch %d%s, sampler %s, lr %.2g",
                 plan.planned_steps, plan.steps_per_epoch, config.batch_size,
                 f" x {world} ranks" if world > 1 else "", plan.sampler, config.learning_rate)
@@ -400,7 +405,8 @@ def _batch_plan(config: TrainConfig, metric_loss: MetricLoss, encoder: Trainable
 
 def _make_trainer(model: nn.Module, args: TrainingArguments, pairs: PreparedPairs, collator: PairCollator,
                   metric_loss: MetricLoss, evaluator: DevEvaluator, plan: _BatchPlan, guard: ZeroLossGuard,
-                  callbacks: Sequence[TrainerCallback], show_progress: bool, l2sp: L2SP | None) -> MetricTrainer:
+                  callbacks: Sequence[TrainerCallback], show_progress: bool, l2sp: L2SP | None,
+                  lr_scales: dict[str, float]) -> MetricTrainer:
     trainer = MetricTrainer(
         model=model,
         args=args,
@@ -412,6 +418,7 @@ def _make_trainer(model: nn.Module, args: TrainingArguments, pairs: PreparedPair
         sampler_factory=plan.make_sampler,
         guard=guard,
         l2sp=l2sp,
+        lr_scales=lr_scales,
         callbacks=[guard, *callbacks],
     )
     trainer.remove_callback(ProgressCallback)

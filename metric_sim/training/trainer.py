@@ -1,11 +1,12 @@
 """``MetricTrainer``: ``transformers.Trainer`` with a metric-learning loss, dev-AP evaluation and pair samplers.
 
 What the Trainer already does is left to it (optimiser, schedule, accumulation, mixed
-precision, checkpoints, ``report_to``, seeds, torchrun). Three hooks are replaced:
+precision, checkpoints, ``report_to``, seeds, torchrun). Three hooks are replaced, a fourth extended:
 ``compute_loss`` (embed the batch's unique items once, then the registry loss on raw
 Lp distance, plus the L2-SP penalty when the run has one), ``evaluate`` (dev average
 precision, the figure that picks the best checkpoint) and ``_get_train_sampler``
-(length-grouped or cluster-aware batches).
+(length-grouped or cluster-aware batches); ``create_optimizer`` splits the Trainer's parameter groups
+by learning-rate multiplier when the run has ``layer_lr_decay``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +85,11 @@ class MetricTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, metric_loss: MetricLoss, dev_evaluator: DevEvaluator,
-                 sampler_factory: Any, guard: ZeroLossGuard, l2sp: L2SP | None = None, **kwargs: Any) -> None:
+                 sampler_factory: Any, guard: ZeroLossGuard, l2sp: L2SP | None = None,
+                 lr_scales: Mapping[str, float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.l2sp = l2sp
+        self.lr_scales = dict(lr_scales or {})  # parameter name -> learning-rate multiplier (absent: 1)
         self.l2sp_since_log: list[float] = []  # the penalty of each micro-batch since the last log line
         self.metric_loss = metric_loss
         self.cross_rank_loss = CrossRankLoss(metric_loss)  # = metric_loss in one process
@@ -95,6 +99,30 @@ class MetricTrainer(Trainer):
         self.pairs_seen = 0
         self.eval_seconds = 0.0
         self.recent_loss = float("nan")
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimiser; with ``lr_scales``, each of its parameter groups split by multiplier.
+
+        The Trainer's own groups (weight decay or not) are kept, and so are its optimiser class and
+        arguments; a group's ``lr`` is the multiplier times ``learning_rate``, and the schedule then
+        scales every group alike, so the ratios between layers hold for the whole run.
+        """
+        if not self.lr_scales or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay_names = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, parameter in opt_model.named_parameters():
+            if parameter.requires_grad:
+                key = (self.lr_scales.get(name, 1.0), name in decay_names)
+                groups.setdefault(key, []).append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        base_lr = optimizer_kwargs.get("lr", self.args.learning_rate)
+        self.optimizer = optimizer_cls(
+            [{"params": params, "lr": base_lr * scale, "weight_decay": self.args.weight_decay if decays else 0.0}
+             for (scale, decays), params in sorted(groups.items(), key=lambda item: item[0])],
+            **optimizer_kwargs)
+        return self.optimizer
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Sampler[int]:
         return self.sampler_factory()
