@@ -113,6 +113,7 @@ def test_the_optimiser_holds_one_group_per_rate_and_decay_and_the_schedule_keeps
             assert step[i] / step[top] == pytest.approx(group["initial_lr"] / 1e-3)
         assert {group["weight_decay"]} == {0.01 if n in decays else 0.0 for n in members}
     assert sorted(seen) == sorted(names.values())  # every parameter once
+    assert groups[0]["initial_lr"] == pytest.approx(1e-3)  # the Trainer logs the first group's: learning_rate
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["layer_lr_decay"] == 0.5
 

@@ -105,7 +105,8 @@ class MetricTrainer(Trainer):
 
         The Trainer's own groups (weight decay or not) are kept, and so are its optimiser class and
         arguments; a group's ``lr`` is the multiplier times ``learning_rate``, and the schedule then
-        scales every group alike, so the ratios between layers hold for the whole run.
+        scales every group alike, so the ratios between layers hold for the whole run. The groups at the
+        full rate come first: the Trainer logs the first group's rate, which is then ``learning_rate``'s.
         """
         if not self.lr_scales or self.optimizer is not None:
             return super().create_optimizer(model)
@@ -120,7 +121,7 @@ class MetricTrainer(Trainer):
         base_lr = optimizer_kwargs.get("lr", self.args.learning_rate)
         self.optimizer = optimizer_cls(
             [{"params": params, "lr": base_lr * scale, "weight_decay": self.args.weight_decay if decays else 0.0}
-             for (scale, decays), params in sorted(groups.items(), key=lambda item: item[0])],
+             for (scale, decays), params in sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))],
             **optimizer_kwargs)
         return self.optimizer
 
