@@ -13,6 +13,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import checkpoint_average  # noqa: E402
 
+from tests.conftest import pair_dataset  # noqa: E402
+
 
 def _checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor]) -> Path:
     path = folder / f"checkpoint-{step}" / "model.safetensors"
@@ -56,3 +58,12 @@ def test_the_system_and_checkpoint_interval_are_checked():
         checkpoint_average.main(["--work", "w", "--system", "st_cosent"])
     with pytest.raises(SystemExit, match=r"--eval-steps must be >= 1, got 0"):
         checkpoint_average.main(["--work", "w", "--eval-steps", "0"])
+
+
+def test_cross_encoder_rows_keep_pair_order_and_labels_as_floats():
+    import cross_encoder_reference
+
+    pairs = pair_dataset([("a", "x", 1, "1", "2"), ("b", "y", 0, "3", "4"), ("c", "z", 1, "5", "6")])
+    rows = cross_encoder_reference.pair_rows(pairs)
+    assert rows == {"text_a": ["a", "b", "c"], "text_b": ["x", "y", "z"], "label": [1.0, 0.0, 1.0]}
+    assert all(isinstance(y, float) for y in rows["label"])  # BinaryCrossEntropyLoss needs float targets
