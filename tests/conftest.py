@@ -172,6 +172,22 @@ def demo():
     return load_pairs(DEMO_FILE, text_a="question1", text_b="question2", label="is_duplicate")
 
 
+@pytest.fixture()
+def trainers(monkeypatch):
+    """Every MetricTrainer a run makes, in order (to look at its optimiser, penalty or counters afterwards)."""
+    import metric_sim.training.run as run_module
+
+    made = []
+
+    class Recording(run_module.MetricTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(run_module, "MetricTrainer", Recording)
+    return made
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: the tiny model gains nothing from threads (two spinning

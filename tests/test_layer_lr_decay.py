@@ -15,7 +15,6 @@ import math
 import pytest
 from transformers import TrainerCallback
 
-import metric_sim.training.run as run_module
 from metric_sim.encoders.image import image_encoder_from_name
 from metric_sim.encoders.multimodal import ProductEncoder, identity_fusion
 from metric_sim.errors import ConfigError
@@ -30,28 +29,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def small(demo):
-    return demo.select(range(96))
+    return demo.select(range(96))  # 6 steps of 16 pairs
 
 
-@pytest.fixture()
-def trainers(monkeypatch):
-    """Every MetricTrainer a run makes (to look at its optimiser after the run)."""
-    made = []
-
-    class Recording(run_module.MetricTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(run_module, "MetricTrainer", Recording)
-    return made
+# A short run on the demo pairs: no zero-shot pass, no best-checkpoint reload, one checkpoint.
+SHORT_RUN = {"train_file": str(DEMO_FILE), "loss": "contrastive", "batch_size": 16, "learning_rate": 1e-3,
+             "warmup_ratio": 0.0, "max_steps": 6, "eval_steps": 6, "logging_steps": 2, "seed": 7,
+             "zero_shot_eval": False, "load_best_model_at_end": False, "save_total_limit": 1}
 
 
 def _config(**changes):
-    base = dict(train_file=str(DEMO_FILE), loss="contrastive", batch_size=16, learning_rate=1e-3, warmup_ratio=0.0,
-                max_steps=6, eval_steps=6, logging_steps=2, seed=7, zero_shot_eval=False,
-                load_best_model_at_end=False, save_total_limit=1)
-    return TrainConfig(**{**base, **changes})
+    return TrainConfig(**{**SHORT_RUN, **changes})
 
 
 def _moved(before, module, prefix):

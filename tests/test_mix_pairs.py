@@ -307,18 +307,6 @@ def fetched(monkeypatch):
     return rows
 
 
-@pytest.fixture()
-def trainers(monkeypatch):
-    made = []
-
-    class Recording(run_module.MetricTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(run_module, "MetricTrainer", Recording)
-    return made
-
 
 def _run_config(path, **changes):
     base = dict(train_file=str(DEMO_FILE), loss="contrastive", batch_size=8, gradient_accumulation_steps=2,

@@ -39,19 +39,6 @@ def small(demo):
     return demo.select(range(96))
 
 
-@pytest.fixture()
-def trainers(monkeypatch):
-    """Every MetricTrainer a run makes (to look at its optimiser and its penalty after the run)."""
-    made = []
-
-    class Recording(run_module.MetricTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(run_module, "MetricTrainer", Recording)
-    return made
-
 
 def _config(**changes):
     base = dict(train_file=str(DEMO_FILE), loss="contrastive", batch_size=16, learning_rate=1e-3, warmup_ratio=0.0,
