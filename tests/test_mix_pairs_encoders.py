@@ -37,7 +37,6 @@ from tests.test_robust_training import _faces
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 fetched = text_mix.fetched  # every training row the run's loader fetched, in order
-trainers = text_mix.trainers  # every MetricTrainer the run made
 
 TINY_PREPROCESS = {"size": 16, "resize": "squash", "mode": "L", "mean": 0.5, "std": 0.5}
 
