@@ -50,8 +50,7 @@ _MINING_KEYS = ("num_negatives", "range_min", "range_max", "relative_margin", "m
 HARD_NEGATIVE_KEYS = ("file", "mine", "refresh_steps", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
                  "epochs", "max_grad_norm", "l2sp_weight", "layer_lr_decay"}
-# Keys added after configs were first saved, with their off value: a config leaves them out when off, so
-# its train_config.json is the one it saved before they existed.
+# Keys added later, with their off value: saved only when set, so older configs save as they did.
 _SAVED_WHEN_SET: dict[str, Any] = {"auxiliary_losses": [], "layer_lr_decay": 1.0}
 
 
@@ -145,8 +144,7 @@ class TrainConfig:
     mix_pairs: list[dict[str, Any]] = field(default_factory=list)  # checked in mix_config
     interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
     auxiliary_losses: list[dict[str, Any]] = field(default_factory=list)  # loss_config; saved only when set
-    # each encoder layer's lr is this times the lr of the layer above (layers.py); 1: one lr for all; saved when set
-    layer_lr_decay: float = 1.0
+    layer_lr_decay: float = 1.0  # each layer's lr = this x the lr of the layer above (layers.py); 1: off
 
     def __post_init__(self) -> None:
         self._check_data_and_names()

@@ -14,10 +14,12 @@ Parameters outside every group (a projection head, a fusion head) are on top: th
 from __future__ import annotations
 
 import math
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from metric_sim.errors import ConfigError
+
+if TYPE_CHECKING:  # the config checks import this module, and must not load torch
+    from torch import nn
 
 __all__ = ["LAYERS_SUPPORTED", "check_layer_lr_decay", "layer_lr_scales", "layered_parts"]
 
