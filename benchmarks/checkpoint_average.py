@@ -28,16 +28,18 @@ from quality_data import Task, load_task  # noqa: E402
 from quality_grid import ms_cell_config  # noqa: E402
 
 from metric_sim import SimilarityModel, train  # noqa: E402
+from metric_sim.layout import CHECKPOINT_DIR  # noqa: E402
 from metric_sim.metrics import average_precision  # noqa: E402
+from metric_sim.model import pair_set_distances  # noqa: E402
+from metric_sim.training.resume import checkpoint_step  # noqa: E402
 
 logger = logging.getLogger("checkpoint_average")
-CHECKPOINT_GLOB = "checkpoint-*"
 
 
 def checkpoint_steps(checkpoints: Path) -> list[int]:
     """The steps of the ``checkpoint-STEP`` folders under ``checkpoints``, in order."""
-    return sorted(int(p.name.rsplit("-", 1)[1]) for p in checkpoints.glob(CHECKPOINT_GLOB)
-                  if p.name.rsplit("-", 1)[1].isdigit())
+    steps = (checkpoint_step(p.name) for p in checkpoints.glob("checkpoint-*"))
+    return sorted(step for step in steps if step is not None)
 
 
 def average_state_dicts(paths: Sequence[Path]) -> dict[str, Any]:
@@ -77,17 +79,15 @@ def train_cell(task: Task, run_dir: Path, system: str, lr: float, seed: int, sch
 
 
 def score(model: SimilarityModel, task: Task) -> dict[str, float]:
-    """Dev and test AP of ``-distance``."""
-    out = {}
-    for split, pairs in (("dev", task.dev), ("test", task.test)):
-        distances = model.pair_distances(model.embed_pairs(pairs.texts_a, pairs.texts_b, batch_size=64))
-        out[split] = round(average_precision(distances, pairs.labels), 4)
-    return out
+    """Dev and test AP of ``-distance`` (the items of both splits encoded in one pass)."""
+    distances = pair_set_distances(model, {"dev": task.dev, "test": task.test})
+    return {split: round(average_precision(distances[split], pairs.labels), 4)
+            for split, pairs in (("dev", task.dev), ("test", task.test))}
 
 
 def score_averages(run_dir: Path, task: Task, last: Sequence[int], singles: int) -> list[dict[str, Any]]:
     """Rows: each of the last ``singles`` checkpoints alone, then the average of the last k for each k in ``last``."""
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINT_DIR
     steps = checkpoint_steps(checkpoints)
     model = SimilarityModel.from_pretrained(run_dir / "model")
     rows = []
