@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train every fine-tuned system for N epochs of train instead of the recipe's (N times the "
                              "steps; dev still evaluated every eval_steps; default: the recipe's; one per --work "
                              "folder, recorded as its step budget)")
+    parser.add_argument("--base-model", default=None, metavar="PATH",
+                        help="start every system (metric-sim, sentence-transformers, the zero-shot and frozen rows) "
+                             "from this model folder instead of the recipe's packaged all-MiniLM-L6-v2 (one per --work "
+                             "folder, recorded in its budget)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
     parser.add_argument("--rescore", action="store_true", help="only rescore the cached outputs")
     parser.add_argument("--json", help="write the raw results here")
@@ -181,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch-size takes at least 2 pairs, got {args.batch_size}")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs takes at least 1 epoch, got {args.epochs}")
+    if args.base_model is not None and not Path(args.base_model, "config.json").is_file():
+        parser.error(f"--base-model expects a model folder holding config.json, got {args.base_model!r}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap takes a number of resamples >= 0, got {args.bootstrap}")
     seeds = args.train_seeds or args.seeds
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({', '.join(f'{name}: {seeds}' for name, seeds in left_out.items())}); rerunning would drop them "
                 "from the tables: add them to --seeds (their cached runs are reused), or use another --work")
     task = load_task(args.task, quick=args.quick, batch_size=args.batch_size, lr_scheduler=args.lr_scheduler,
-                     epochs=args.epochs)
+                     epochs=args.epochs, base_model=args.base_model)
     store = Store(Path(args.work))
     try:
         store.check_budget(task)
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"task": task.name, "quick": args.quick, "recipe": TASKS[task.name], "steps": task.steps,
                "epochs": task.config.epochs,
                "batch_size": task.config.batch_size, "max_length": task.config.max_length,
-               "lr_scheduler": task.config.lr_scheduler,
+               "lr_scheduler": task.config.lr_scheduler, "model": task.config.model,
                "eval_steps": task.config.eval_steps,
                "pairs": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
                "test_positives": int(task.test.labels.sum()), "environment": environment(),

@@ -24,14 +24,14 @@ from metric_sim import Encoder, PairDataset  # noqa: E402
 
 
 def base_embeddings(ctx: Context) -> tuple[dict[str, int], np.ndarray, float]:
-    """Frozen all-MiniLM-L6-v2 embeddings of every text of train/dev/test (cached)."""
+    """Frozen base-encoder (default: all-MiniLM-L6-v2) embeddings of every text of train/dev/test (cached)."""
     path = ctx.store.work / "base_embeddings.npz"
     texts = sorted({t for part in (ctx.task.train, ctx.task.dev, ctx.task.test) for t in (*part.texts_a, *part.texts_b)})
     if path.is_file():
         with np.load(path) as f:
             if f["texts"].tolist() == texts:
                 return {t: i for i, t in enumerate(texts)}, f["vectors"], float(f["seconds"])
-    encoder = Encoder.from_pretrained("default", max_length=ctx.task.config.max_length)
+    encoder = Encoder.from_pretrained(ctx.task.config.model, max_length=ctx.task.config.max_length)
     started = time.perf_counter()
     vectors = encoder.encode(texts, batch_size=64, show_progress=True)
     seconds = time.perf_counter() - started

@@ -28,6 +28,7 @@ from metric_sim import (  # noqa: E402
     PairDataset,
     SimilarityModel,
     TrainConfig,
+    default_model_path,
     load_preset,
 )
 from metric_sim.data.loader import pairs_from_columns  # noqa: E402
@@ -73,7 +74,7 @@ def at_batch_size(config: TrainConfig, train_rows: int, batch_size: int) -> Trai
 
 
 def load_task(name: str, *, quick: bool = False, batch_size: int | None = None,
-              lr_scheduler: str | None = None, epochs: int | None = None) -> Task:
+              lr_scheduler: str | None = None, epochs: int | None = None, base_model: str | None = None) -> Task:
     """Train/dev/test of a task, formed exactly as its recipe forms train/dev (test: held out).
 
     ``batch_size`` replaces the recipe's for every fine-tuned system: the budget stays the recipe's
@@ -82,7 +83,8 @@ def load_task(name: str, *, quick: bool = False, batch_size: int | None = None,
     the recipe's learning-rate schedule (one of ``LR_SCHEDULERS``, the same warmup) for every
     fine-tuned system, sentence-transformers' included. ``epochs`` replaces the recipe's epochs (the
     step budget grows with it; dev is still evaluated every ``eval_steps``), to measure how far a
-    longer fine-tune goes beyond the recipe's budget.
+    longer fine-tune goes beyond the recipe's budget. ``base_model`` (a model folder) replaces the
+    recipe's base encoder for every system, the zero-shot rows and sentence-transformers' included.
     """
     # The task's own pairs only: the peers train on nothing else, so the recipe's robust fine-tuning
     # options (mixed-in pairs, frozen layers, L2-SP, weight interpolation) are switched off here;
@@ -103,6 +105,8 @@ def load_task(name: str, *, quick: bool = False, batch_size: int | None = None,
         config = config.replace(lr_scheduler=lr_scheduler)
     if epochs is not None:
         config = config.replace(epochs=epochs)
+    if base_model is not None:
+        config = config.replace(model=base_model)
     if quick:
         train_data, dev, test = _subsample(train_data, 256, 0), _subsample(dev, 160, 1), _subsample(test, 160, 2)
         config = config.replace(eval_steps=4, logging_steps=2, batch_size=batch_size or 16)
@@ -187,16 +191,29 @@ class Store:
         """
         budget = {"task": task.name, "batch_size": task.config.batch_size, "steps": task.steps,
                   "eval_steps": task.config.eval_steps, "max_length": task.config.max_length,
-                  "lr_scheduler": task.config.lr_scheduler}
+                  "lr_scheduler": task.config.lr_scheduler, "model": task.config.model}
         path = self.work / "budget.json"
         if path.is_file():
-            # folders made before the schedule was recorded all ran the recipes' linear one
-            recorded = {"lr_scheduler": "linear", **json.loads(path.read_text())}
+            # folders made before the schedule and the model were recorded all ran the recipes' linear
+            # schedule from the packaged default model
+            recorded = {"lr_scheduler": "linear", "model": "default", **json.loads(path.read_text())}
             if recorded != budget:
                 raise ValueError(f"{path} records the budget {recorded}, this run's is {budget}: "
-                                 "use another --work for another task, batch size or lr schedule")
+                                 "use another --work for another task, batch size, lr schedule or base model")
         else:
             write_json(path, budget)
+
+
+def base_model_name(task: Task) -> str:
+    """The task's base encoder as the tables name it: the packaged default's name, else the folder's."""
+    model = task.config.model
+    return "all-MiniLM-L6-v2" if model == "default" else Path(model).name
+
+
+def base_model_location(task: Task) -> Path:
+    """The folder of the task's base encoder, for libraries that do not know metric-sim's ``default``."""
+    model = task.config.model
+    return default_model_path() if model == "default" else Path(model)
 
 
 def encoder_distances(encoder: Encoder, metrics: Sequence[Metric], task: Task, batch_size: int = 64) -> dict[Metric, dict[str, np.ndarray]]:

@@ -33,7 +33,7 @@ from fair_peers import (  # noqa: E402
     scaled_loss_params,
     st_margin,
 )
-from quality_data import Context, Store, Task, encoder_distances  # noqa: E402
+from quality_data import Context, Store, Task, base_model_location, encoder_distances  # noqa: E402
 from quality_st import st_mined_triplets, train_sentence_transformers  # noqa: E402
 from quality_systems import SYSTEMS, _ms_config, ms_train_data  # noqa: E402
 
@@ -134,6 +134,7 @@ def _grid_cell(ctx: Context, name: str, lr: float, seed: int, factor: float = 1.
         train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
                                     max_length=c.max_length, seed=seed, learning_rate=lr, dev=ctx.task.dev,
                                     eval_steps=c.eval_steps, margin_factor=factor, lr_scheduler=c.lr_scheduler,
+                                    model_path=base_model_location(ctx.task),
                                     triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
     info = json.loads((run_dir / "st_train.json").read_text())
     extra = {}

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
 from fair_peers import st_margin  # noqa: E402
-from quality_data import Context, encoder_distances  # noqa: E402
+from quality_data import Context, base_model_location, encoder_distances  # noqa: E402
 
 from metric_sim import Encoder, Metric, PairDataset, default_model_path  # noqa: E402
 
@@ -199,7 +199,7 @@ def _sentence_transformers_row(ctx: Context, loss_name: str, name: str, row: str
         c = ctx.task.config
         train_sentence_transformers(loss_name, ctx.task.train, run_dir, steps=ctx.task.steps, batch_size=c.batch_size,
                                     max_length=c.max_length, seed=seed, lr_scheduler=c.lr_scheduler,
-                                    triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
+                                    model_path=base_model_location(ctx.task), triplets=st_mined_triplets(ctx) if loss_name == "mnrl_hn" else None)
     info = json.loads((run_dir / "st_train.json").read_text())
     # Our Encoder reads the sentence-transformers layout (mean pooling + Normalize): on unit
     # vectors Euclidean distance is sqrt(2 - 2 cos), so ranking equals its cosine ranking.
@@ -225,7 +225,7 @@ def st_mined_triplets(ctx: Context) -> dict[str, list[str]]:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    model = SentenceTransformer(str(base_model_location(ctx.task)), device="cpu")
     model.max_seq_length = ctx.task.config.max_length
     pairs = Dataset.from_dict({"anchor": anchors, "positive": [ctx.task.train.texts_b[i] for i in keep]})
     started = time.perf_counter()

@@ -17,7 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_baselines import _rows_baselines, _rows_tfidf  # noqa: E402
-from quality_data import RECIPES, Context, Task, encoder_distances, with_transitive_pairs  # noqa: E402
+from quality_data import (  # noqa: E402
+    RECIPES,
+    Context,
+    Task,
+    base_model_name,
+    encoder_distances,
+    with_transitive_pairs,
+)
 from quality_st import _rows_sentence_transformers  # noqa: E402
 
 from metric_sim import Encoder, Metric, PairDataset, SimilarityModel, TrainConfig, train  # noqa: E402
@@ -48,12 +55,12 @@ PAIR_RANKING_AUXILIARY = {"loss": "pair_ranking", "weight": 1.0, "loss_params": 
 def _rows_zero_shot(ctx: Context) -> None:
     if ctx.store.has("zero_shot_l2") and ctx.store.has("zero_shot_l1"):
         return
-    encoder = Encoder.from_pretrained("default", max_length=ctx.task.config.max_length)
+    encoder = Encoder.from_pretrained(ctx.task.config.model, max_length=ctx.task.config.max_length)
     started = time.perf_counter()
     outputs = encoder_distances(encoder, [Metric.EUCLIDEAN, Metric.MANHATTAN], ctx.task)
     for metric, arrays in outputs.items():
         ctx.store.save(f"zero_shot_{_short(metric)}", arrays, {
-            "kind": "distance", "metric": metric.value, "label": f"zero-shot all-MiniLM-L6-v2 ({_short(metric).upper()})",
+            "kind": "distance", "metric": metric.value, "label": f"zero-shot {base_model_name(ctx.task)} ({_short(metric).upper()})",
             "train_s": None, "eval_s": round(time.perf_counter() - started, 1)})
 
 
