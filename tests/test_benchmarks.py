@@ -581,3 +581,58 @@ def test_the_closure_row_trains_pair_ranking_on_the_implied_pairs_too():
     assert len(closure) == 3 + 1 + 2  # (a, c) similar; (a, d), (b, d) dissimilar
     assert quality._ms_config(task, "pair_ranking_closure") == quality._ms_config(task, "pair_ranking")
     assert quality.tunable("ms_pair_ranking_closure")
+
+
+def test_a_base_model_starts_every_system_and_a_folder_keeps_one(tmp_path, monkeypatch, tiny_encoder):
+    import dataclasses
+
+    import quality_data
+    import quality_st
+
+    rows = [(f"how do i cook rice {k}", f"what is the best way to cook {k}", k % 2, f"a{k}", f"b{k}") for k in range(40)]
+    monkeypatch.setattr(quality_data, "load_preset", lambda *args, **kwargs: pair_dataset(rows))
+    folder = tiny_encoder.save(tmp_path / "tiny-base")
+    recipe = quality_data.load_task("qqp")
+    task = quality_data.load_task("qqp", base_model=str(folder))
+    assert task.config.model == str(folder) and task.config.replace(model="default") == recipe.config
+    assert quality_data.base_model_location(recipe) == quality.default_model_path()
+    assert quality_data.base_model_location(task) == folder
+    assert quality_data.base_model_name(recipe) == "all-MiniLM-L6-v2"
+    assert quality_data.base_model_name(task) == "tiny-base"
+    for name in ("ms_pair_ranking", "ms_contrastive_l2", "ms_triplet"):  # every metric-sim cell starts from it
+        assert quality.ms_cell_config(task, name, 5e-5, 0).model == str(folder)
+
+    # the zero-shot rows encode with the base model: its distances, its name in the label
+    task = dataclasses.replace(task, config=task.config.replace(max_length=32))  # the tiny model's positions
+    store = MemoryRowStore()
+    ctx = quality_data.Context(task, store, [0], {})  # type: ignore[arg-type]
+    quality_systems._rows_zero_shot(ctx)
+    assert store.rows["zero_shot_l2"]["label"] == "zero-shot tiny-base (L2)"
+    expected = quality_data.encoder_distances(tiny_encoder, [quality.Metric.EUCLIDEAN], task)[quality.Metric.EUCLIDEAN]
+    saved = {}
+    monkeypatch.setattr(store, "save", lambda row, arrays, meta: saved.setdefault(row, arrays))
+    store.rows.clear()
+    quality_systems._rows_zero_shot(ctx)
+    np.testing.assert_allclose(saved["zero_shot_l2"]["test"], expected["test"], rtol=1e-5)
+
+    # sentence-transformers' rows and grid cells are handed the same folder
+    handed = []
+    ctx = quality_data.Context(task, quality.Store(tmp_path / "work"), [0], {})
+    monkeypatch.setattr(quality_st, "train_sentence_transformers", lambda *a, **k: handed.append(k["model_path"]))
+    monkeypatch.setattr(quality_grid, "train_sentence_transformers", lambda *a, **k: handed.append(k["model_path"]))
+    for call in (lambda: quality_st._sentence_transformers_row(ctx, "cosent", "st_cosent", "st_cosent", 0, "x"),
+                 lambda: quality_grid._grid_cell(ctx, "st_cosent", 5e-5, 0)):
+        with pytest.raises(FileNotFoundError):  # the stub trains nothing, so its st_train.json is missing
+            call()
+    assert handed == [folder, folder]
+
+    # one base model per folder; folders written before the model was recorded read as the default
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "budget.json").write_text(json.dumps(
+        {"task": "qqp", "batch_size": 32, "steps": recipe.steps, "eval_steps": 100, "max_length": 128}))
+    quality.Store(tmp_path / "old").check_budget(recipe)
+    with pytest.raises(ValueError, match=r"'model': 'default'.*'model': '.*tiny-base'.*base model"):
+        quality.Store(tmp_path / "old").check_budget(task)
+    assert quality.parse_args(["--work", "w", "--base-model", str(folder)]).base_model == str(folder)
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--work", "w", "--base-model", str(tmp_path / "missing")])
