@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, markdown_table, write_outputs  # noqa: E402
-from quality_data import Task, load_task  # noqa: E402
+from quality_data import Task, base_model_location, load_task  # noqa: E402
 
-from metric_sim import PairDataset, default_model_path  # noqa: E402
+from metric_sim import PairDataset  # noqa: E402
 from metric_sim.metrics import average_precision  # noqa: E402
 
 logger = logging.getLogger("cross_encoder_reference")
@@ -47,7 +47,7 @@ def train_and_score(task: Task, lr: float, seed: int, out: Path) -> dict[str, An
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    model = CrossEncoder(str(default_model_path()), num_labels=1, max_length=task.config.max_length, device="cpu")
+    model = CrossEncoder(str(base_model_location(task)), num_labels=1, max_length=task.config.max_length, device="cpu")
     args = CrossEncoderTrainingArguments(
         output_dir=str(out), num_train_epochs=1, max_steps=task.steps, per_device_train_batch_size=task.config.batch_size,
         learning_rate=lr, warmup_ratio=task.config.warmup_ratio, lr_scheduler_type=task.config.lr_scheduler,

@@ -28,11 +28,11 @@ from metric_sim import (  # noqa: E402
     PairDataset,
     SimilarityModel,
     TrainConfig,
-    default_model_path,
     load_preset,
 )
 from metric_sim.data.loader import pairs_from_columns  # noqa: E402
 from metric_sim.data.report import LoadReport  # noqa: E402
+from metric_sim.layout import resolve_model_source  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TASKS = {"qqp": "quora_duplicates.yaml", "stsb": "stsb_binary.yaml", "mrpc": "mrpc.yaml"}
@@ -212,8 +212,7 @@ def base_model_name(task: Task) -> str:
 
 def base_model_location(task: Task) -> Path:
     """The folder of the task's base encoder, for libraries that do not know metric-sim's ``default``."""
-    model = task.config.model
-    return default_model_path() if model == "default" else Path(model)
+    return Path(resolve_model_source(task.config.model).location)
 
 
 def encoder_distances(encoder: Encoder, metrics: Sequence[Metric], task: Task, batch_size: int = 64) -> dict[Metric, dict[str, np.ndarray]]:
