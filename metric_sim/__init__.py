@@ -92,6 +92,7 @@ _EXPORTS: dict[str, str] = {
     "default_loss_params": "metric_sim.losses.registry",
     "list_losses": "metric_sim.losses.registry",
     "calibration_metrics": "metric_sim.metrics",
+    "ece_sampling_floor": "metric_sim.metrics",
     "expected_calibration_error": "metric_sim.metrics",
     "in_sample_thresholds": "metric_sim.metrics",
     "pair_metrics": "metric_sim.metrics",
@@ -195,6 +196,7 @@ __all__ = [
     "demo_neighbors",
     "demo_pairs_path",
     "describe_item",
+    "ece_sampling_floor",
     "encode_sharded",
     "evaluate",
     "evaluate_and_report",
@@ -379,6 +381,7 @@ if TYPE_CHECKING:
     )
     from metric_sim.metrics import (
         calibration_metrics,
+        ece_sampling_floor,
         expected_calibration_error,
         in_sample_thresholds,
         pair_metrics,

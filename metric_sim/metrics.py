@@ -9,7 +9,8 @@ baseline, the quickstart and a training run's dev check are always scored the sa
   on other pairs; :func:`in_sample_thresholds` gives the best accuracy and F1 thresholds
   picked on the scored pairs themselves (optimistic, for comparison only).
 * **Calibration**: :func:`reliability_bins`, :func:`expected_calibration_error` and
-  :func:`calibration_metrics` (ECE, Brier score, log-loss).
+  :func:`calibration_metrics` (ECE, Brier score, log-loss); :func:`ece_sampling_floor`, the ECE
+  that perfectly calibrated probabilities still score on a finite set of pairs.
 * **Retrieval**: :func:`retrieval_metrics` (Recall@k, MRR@10, mAP@R, leave-one-out).
 * **Symmetry**: :func:`symmetry_gap`, ``max |p(a, b) - p(b, a)|``.
 """
@@ -38,6 +39,7 @@ __all__ = [
     "RETRIEVAL_KS",
     "average_precision",
     "calibration_metrics",
+    "ece_sampling_floor",
     "expected_calibration_error",
     "in_sample_thresholds",
     "pair_metrics",
@@ -204,6 +206,35 @@ def expected_calibration_error(labels: Any, probabilities: Any, n_bins: int = EC
             if c
         )
     )
+
+
+def ece_sampling_floor(probabilities: Any, n_bins: int = ECE_BINS, *, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The ECE of perfectly calibrated probabilities on this many pairs: the figure's sampling noise.
+
+    Binned ECE is not 0 for a calibrated model: each bin's fraction of similar pairs scatters
+    around its mean probability. Labels are drawn ``draws`` times as ``Bernoulli(p)``, which makes
+    ``probabilities`` exactly calibrated, and each draw is scored like
+    :func:`expected_calibration_error`. An ECE inside this range is not evidence of miscalibration;
+    one well above its ``p95`` is. Returns ``mean``, ``sd``, ``p95``, ``draws`` and ``pairs``.
+    """
+    n_bins = require_positive_int("n_bins", n_bins)
+    draws = require_positive_int("draws", draws)
+    p = _probabilities_and_labels(np.zeros(np.size(probabilities), dtype=np.int64), probabilities)[1]
+    if p.size == 0:
+        raise InvalidArgumentError("ece_sampling_floor needs at least one probability")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_ids = np.searchsorted(edges[1:-1], p)  # the same bins as reliability_bins
+    count = np.bincount(bin_ids, minlength=n_bins)
+    mean_p = np.bincount(bin_ids, weights=p, minlength=n_bins) / np.maximum(count, 1)
+    in_bin = np.eye(n_bins)[bin_ids]  # pairs x bins, so one product counts each draw's similar pairs per bin
+    rng = np.random.default_rng(seed)
+    ece = np.empty(draws)
+    for start in range(0, draws, 64):  # 64 draws at a time: memory stays at 64 x pairs
+        labels = rng.random((min(64, draws - start), p.size)) < p
+        similar = labels @ in_bin
+        ece[start:start + len(labels)] = np.abs(similar - count * mean_p).sum(axis=1) / p.size
+    return {"mean": float(ece.mean()), "sd": float(ece.std(ddof=1)) if draws > 1 else 0.0,
+            "p95": float(np.percentile(ece, 95)), "draws": draws, "pairs": int(p.size)}
 
 
 def calibration_metrics(labels: Any, probabilities: Any, n_bins: int = ECE_BINS) -> dict[str, Any]:

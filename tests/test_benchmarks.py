@@ -636,3 +636,49 @@ def test_a_base_model_starts_every_system_and_a_folder_keeps_one(tmp_path, monke
     assert quality.parse_args(["--work", "w", "--base-model", str(folder)]).base_model == str(folder)
     with pytest.raises(SystemExit):
         quality.parse_args(["--work", "w", "--base-model", str(tmp_path / "missing")])
+
+
+def test_calibration_floor_scores_cached_distance_rows_against_the_library_and_sklearn(tmp_path, monkeypatch, capsys):
+    import calibration_floor
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    from metric_sim import Calibrator, expected_calibration_error
+
+    arrays, y_dev, y_test = _distance_row(n=400)
+
+    class Split(_Labels):
+        def __len__(self) -> int:
+            return len(self.labels)
+
+    task = type("T", (), {"name": "qqp", "dev": Split(y_dev), "test": Split(y_test)})()
+    monkeypatch.setattr(calibration_floor, "load_task", lambda name: task)
+    store = quality.Store(tmp_path)
+    store.save("ms_pair_ranking_tuned@s0", arrays, {"kind": "distance", "metric": "euclidean", "label": "ours"})
+    store.save("mlp_concat@s0", {k: 1.0 - v for k, v in arrays.items()}, {"kind": "logit", "label": "(a)"})
+    out = tmp_path / "floor.json"
+    assert calibration_floor.main(["--work", str(tmp_path), "--json", str(out), "--draws", "200"]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"ms_pair_ranking_tuned@s0"}  # logit rows have no distance to calibrate
+    row = results["ms_pair_ranking_tuned@s0"]
+    p = Calibrator.fit(arrays["dev"], y_dev, "euclidean").predict_proba(arrays["test"])
+    assert row["ece"] == pytest.approx(expected_calibration_error(y_test, p), abs=1e-12)  # what quality.py reports
+    on_test = Calibrator.fit(arrays["test"], y_test, "euclidean").predict_proba(arrays["test"])
+    assert row["ece_fitted_on_test"] == pytest.approx(expected_calibration_error(y_test, on_test), abs=1e-12)
+    assert 0 < row["floor_mean"] < row["floor_p95"] and row["floor_draws"] == 200
+    # the held-out log-loss equals sklearn's own cross-validation of the same logistic fit
+    for feature, x in (("squared", arrays["dev"] ** 2), ("linear", arrays["dev"])):
+        scores = cross_val_score(LogisticRegression(C=np.inf, tol=1e-8, max_iter=1000), (x / np.median(x)).reshape(-1, 1),
+                                 y_dev, cv=StratifiedKFold(5, shuffle=True, random_state=0), scoring="neg_log_loss")
+        assert row["dev_cv_log_loss"][feature] == pytest.approx(-scores.mean(), abs=1e-6)
+    assert "| ms_pair_ranking_tuned@s0 |" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit):
+        calibration_floor.main(["--work", str(tmp_path), "--rows", "st_cosent_tuned@s0"])
+    assert "st_cosent_tuned@s0 not in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        calibration_floor.main(["--work", str(tmp_path), "--rows", "mlp_concat@s0"])
+    assert "holds logit outputs, not distances" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        calibration_floor.main(["--work", str(tmp_path / "missing")])
+    assert "no outputs/ folder" in capsys.readouterr().err

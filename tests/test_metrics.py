@@ -80,6 +80,40 @@ def test_expected_calibration_error_against_a_hand_computed_value():
     assert metrics.calibration_metrics(labels, probabilities, n_bins=2)["ece"] == pytest.approx(expected, abs=1e-12)
 
 
+def _expected_bin_gap(pairs: int, probability: float) -> float:
+    """E|k / n - p| for k ~ Binomial(n, p): one bin's exact expected calibration gap."""
+    from scipy.stats import binom
+
+    k = np.arange(pairs + 1)
+    return float(np.sum(binom.pmf(k, pairs, probability) * np.abs(k / pairs - probability)))
+
+
+def test_ece_sampling_floor_matches_the_exact_binomial_expectation():
+    # One bin (every p = 0.5): the ECE of a draw is |k/n - 0.5| with k ~ Binomial(n, 0.5).
+    floor = metrics.ece_sampling_floor(np.full(100, 0.5), draws=4000, seed=1)
+    assert floor["mean"] == pytest.approx(_expected_bin_gap(100, 0.5), abs=0.002)
+    assert (floor["pairs"], floor["draws"]) == (100, 4000)
+    assert floor["p95"] > floor["mean"] > 0
+    # Two bins, weighted by their share of the pairs: 40 pairs at 0.1, 160 at 0.8.
+    p = np.r_[np.full(40, 0.1), np.full(160, 0.8)]
+    expected = 40 / 200 * _expected_bin_gap(40, 0.1) + 160 / 200 * _expected_bin_gap(160, 0.8)
+    assert metrics.ece_sampling_floor(p, draws=4000)["mean"] == pytest.approx(expected, abs=0.002)
+    # Each draw is scored like expected_calibration_error itself: one draw, same seed, same labels.
+    rng = np.random.default_rng(3)
+    labels = rng.random((1, p.size)) < p
+    one = metrics.ece_sampling_floor(p, draws=1, seed=3)
+    assert one["mean"] == pytest.approx(metrics.expected_calibration_error(labels[0].astype(int), p), abs=1e-12)
+
+
+def test_ece_sampling_floor_rejects_bad_input():
+    with pytest.raises(InvalidArgumentError, match="probabilities must lie in"):
+        metrics.ece_sampling_floor([0.2, 1.2])
+    with pytest.raises(InvalidArgumentError, match="at least one probability"):
+        metrics.ece_sampling_floor([])
+    with pytest.raises(InvalidArgumentError, match="draws"):
+        metrics.ece_sampling_floor([0.5], draws=0)
+
+
 def test_retrieval_metrics_against_hand_computed_values():
     # Two clusters found first by both members; the singleton is only a distractor.
     perfect = metrics.retrieval_metrics(np.array([[0.0], [1.0], [10.0], [11.0], [20.0]]), ["a", "a", "b", "b", "c"], "euclidean")
