@@ -166,12 +166,17 @@ def pair_metrics(distances: Any, labels: Any, calibrator: Any) -> dict[str, Any]
     }
 
 
-def _probabilities_and_labels(labels: Any, probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
+def _as_probabilities(probabilities: Any) -> np.ndarray:
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 1:
         raise InvalidArgumentError(f"probabilities must be a 1-D array, got shape {p.shape}")
     if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise InvalidArgumentError(f"probabilities must lie in [0, 1], got min {np.nanmin(p)!r} max {np.nanmax(p)!r}")
+    return p
+
+
+def _probabilities_and_labels(labels: Any, probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = _as_probabilities(probabilities)
     return as_binary_labels("labels", labels, p.size), p
 
 
@@ -219,7 +224,7 @@ def ece_sampling_floor(probabilities: Any, n_bins: int = ECE_BINS, *, draws: int
     """
     n_bins = require_positive_int("n_bins", n_bins)
     draws = require_positive_int("draws", draws)
-    p = _probabilities_and_labels(np.zeros(np.size(probabilities), dtype=np.int64), probabilities)[1]
+    p = _as_probabilities(probabilities)
     if p.size == 0:
         raise InvalidArgumentError("ece_sampling_floor needs at least one probability")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
