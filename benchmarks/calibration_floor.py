@@ -10,8 +10,9 @@ of a ``--work`` folder and, for each, puts that ECE next to three references:
 * **fitted on test**: the same calibrator family fitted on the test pairs themselves, the lowest
   ECE its two parameters reach there (optimistic: in-sample). If the dev-fitted ECE is close to it,
   the miss is the family's shape, not the dev-to-test transfer.
-* **linear feature**: the calibrator on ``d`` instead of ``d**2``, with the 5-fold log-loss of
-  both features on dev, the held-out rule that would pick one without looking at test.
+* **other forms**: the calibrator on ``d`` instead of ``d**2`` (``linear``) and on both
+  (``quadratic``), each fitted on dev, with the 5-fold log-loss of every form on dev and the
+  form that rule picks: the held-out choice that never looks at test.
 
     PYTHONPATH=$PWD python benchmarks/calibration_floor.py --task qqp --work runs/bench/qqp_mpnet \\
         --json benchmarks/results_calibration_floor_qqp_mpnet.json \\
@@ -36,6 +37,7 @@ from _common import environment, markdown_table, write_outputs  # noqa: E402
 from quality_data import TASKS, Store, load_task  # noqa: E402
 
 from metric_sim import Calibrator, ece_sampling_floor, expected_calibration_error  # noqa: E402
+from metric_sim.calibration import FEATURES  # noqa: E402
 
 logger = logging.getLogger("calibration_floor")
 FOLDS = 5
@@ -62,13 +64,15 @@ def floor_row(arrays: dict[str, np.ndarray], metric: str, dev_labels: np.ndarray
     p = fitted.predict_proba(test)
     floor = ece_sampling_floor(p, draws=draws)
     on_test = Calibrator.fit(test, test_labels, metric, fitted_on="test")
-    linear = Calibrator.fit(dev, dev_labels, metric, fitted_on="dev", feature="linear")
+    ece_by_feature = {feature: expected_calibration_error(test_labels, Calibrator.fit(
+        dev, dev_labels, metric, fitted_on="dev", feature=feature).predict_proba(test)) for feature in FEATURES}
+    log_loss = {feature: cross_validated_log_loss(dev, dev_labels, metric, feature) for feature in FEATURES}
+    dev_choice = min(FEATURES, key=log_loss.__getitem__)
     return {"ece": expected_calibration_error(test_labels, p),
             "floor_mean": floor["mean"], "floor_p95": floor["p95"], "floor_draws": floor["draws"],
             "ece_fitted_on_test": expected_calibration_error(test_labels, on_test.predict_proba(test)),
-            "ece_linear": expected_calibration_error(test_labels, linear.predict_proba(test)),
-            "dev_cv_log_loss": {feature: cross_validated_log_loss(dev, dev_labels, metric, feature)
-                                for feature in ("squared", "linear")}}
+            "ece_linear": ece_by_feature["linear"], "ece_quadratic": ece_by_feature["quadratic"],
+            "dev_cv_log_loss": log_loss, "dev_choice": dev_choice, "ece_dev_choice": ece_by_feature[dev_choice]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[row]["floor_mean"], results[row]["floor_p95"])
     if not results:
         parser.error(f"{outputs} holds no distance rows")
-    header = ["row", "test ECE (dev fit)", "floor mean (p95)", "ECE fitted on test", "ECE, linear feature",
-              "dev 5-fold log-loss d^2 / d"]
+    header = ["row", "test ECE (dev fit, d^2)", "floor mean (p95)", "ECE fitted on test", "ECE, linear (d)",
+              "ECE, quadratic (d^2 + d)", "dev 5-fold log-loss d^2 / d / d^2 + d", "dev's choice: test ECE"]
     table = markdown_table(header, [
         [row, f"{r['ece']:.4f}", f"{r['floor_mean']:.4f} ({r['floor_p95']:.4f})", f"{r['ece_fitted_on_test']:.4f}",
-         f"{r['ece_linear']:.4f}", f"{r['dev_cv_log_loss']['squared']:.5f} / {r['dev_cv_log_loss']['linear']:.5f}"]
+         f"{r['ece_linear']:.4f}", f"{r['ece_quadratic']:.4f}",
+         " / ".join(f"{r['dev_cv_log_loss'][feature]:.5f}" for feature in FEATURES),
+         f"{r['dev_choice']}: {r['ece_dev_choice']:.4f}"]
         for row, r in results.items()])
     print(table)
     write_outputs(args.json, {"task": task.name, "work": str(args.work), "pairs": {"dev": len(task.dev), "test": len(task.test)},

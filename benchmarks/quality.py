@@ -92,6 +92,7 @@ from quality_st import (  # noqa: E402
 from quality_systems import HARD_NEGATIVES, SYSTEMS, _ms_config  # noqa: E402
 
 from metric_sim import Calibrator, Metric, TrainConfig, default_model_path  # noqa: E402
+from metric_sim.calibration import DEFAULT_FEATURE, FEATURES  # noqa: E402
 from metric_sim.training.config import LR_SCHEDULERS  # noqa: E402
 
 __all__ = [
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "folder, recorded in its budget)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 train pairs, 4 steps")
     parser.add_argument("--rescore", action="store_true", help="only rescore the cached outputs")
+    parser.add_argument("--calibration-feature", choices=FEATURES, default=DEFAULT_FEATURE,
+                        help="form of the dev calibrator of every distance row (Calibrator.fit(feature=...)); "
+                             "the trained runs do not depend on it, so --rescore can compare forms")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--markdown", help="write the markdown table here")
     parser.add_argument("--list", action="store_true", help="list the systems and exit")
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 SYSTEMS[name][0](ctx)
             logger.info("%s: done in %.0f s", name, time.perf_counter() - started)
-    results = score_all(store, task)
+    results = score_all(store, task, args.calibration_feature)
     for name, info in tuning.items():  # the chosen lr (and margin) next to the tuned row
         if f"{name}_tuned" in results:
             results[f"{name}_tuned"]["learning_rate"] = info["learning_rate"]
@@ -277,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                "lr_scheduler": task.config.lr_scheduler, "model": task.config.model,
                "eval_steps": task.config.eval_steps,
                "pairs": {"train": len(task.train), "dev": len(task.dev), "test": len(task.test)},
-               "test_positives": int(task.test.labels.sum()), "environment": environment(),
+               "test_positives": int(task.test.labels.sum()), "calibration_feature": args.calibration_feature,
+               "environment": environment(),
                "results": results, "targets": targets(results)}
     if tuning:
         payload.update({"lr_grid": sorted({e["learning_rate"] for e in grid_cells(tuning)}),

@@ -1,8 +1,8 @@
 """quality.py's scoring and reporting: test metrics of every cached row, grouped over seeds, the
 quality targets, and the markdown tables (systems, and the fair-peer grid with its bootstrap).
 
-Distance rows are calibrated with the library's ``Calibrator`` fitted on dev, logit rows with a
-Platt fit on their dev logit; symmetry compares the probabilities of the swapped test pairs.
+Distance rows are calibrated with the library's ``Calibrator`` fitted on dev (``squared`` unless a
+``calibration_feature`` is given, the same for every row), logit rows with a Platt fit on their dev logit; symmetry compares the probabilities of the swapped test pairs.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from metric_sim import (  # noqa: E402
     in_sample_thresholds,
     pair_metrics,
 )
+from metric_sim.calibration import DEFAULT_FEATURE  # noqa: E402
 
 
-def score_row(arrays: dict[str, np.ndarray], meta: dict[str, Any], dev_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+def score_row(arrays: dict[str, np.ndarray], meta: dict[str, Any], dev_labels: np.ndarray, test_labels: np.ndarray,
+              calibration_feature: str = DEFAULT_FEATURE) -> dict[str, Any]:
     """Test metrics of one system from its cached dev/test outputs.
 
     Distance systems: the library ``Calibrator`` fitted on dev distances, ``pair_metrics`` on
@@ -37,11 +39,12 @@ def score_row(arrays: dict[str, np.ndarray], meta: dict[str, Any], dev_labels: n
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
     if meta["kind"] == "distance":
-        calibrator = Calibrator.fit(arrays["dev"], dev_labels, meta["metric"], fitted_on="dev")
+        calibrator = Calibrator.fit(arrays["dev"], dev_labels, meta["metric"], fitted_on="dev", feature=calibration_feature)
         pm = pair_metrics(arrays["test"], test_labels, calibrator)
         p, p_rev = calibrator.predict_proba(arrays["test"]), calibrator.predict_proba(arrays["test_rev"])
         out = {"average_precision": pm["average_precision"], "roc_auc": pm["roc_auc"], "accuracy": pm["accuracy"],
-               "f1": pm["f1"], "best_accuracy_in_sample": pm["in_sample"]["accuracy"], "threshold": pm["threshold"]}
+               "f1": pm["f1"], "best_accuracy_in_sample": pm["in_sample"]["accuracy"], "threshold": pm["threshold"],
+               "calibration_feature": calibrator.feature}
     elif meta["kind"] == "logit":
         platt = LogisticRegression(C=np.inf, max_iter=1000).fit(arrays["dev"].reshape(-1, 1), dev_labels)
         p = platt.predict_proba(arrays["test"].reshape(-1, 1))[:, 1]
@@ -79,12 +82,13 @@ METRIC_KEYS = ("average_precision", "roc_auc", "accuracy", "f1", "best_accuracy_
                "ece", "symmetry_max", "symmetry_mean", "train_s", "wall_s", "dev_average_precision")
 
 
-def score_all(store: Store, task: Task) -> dict[str, Any]:
+def score_all(store: Store, task: Task, calibration_feature: str = DEFAULT_FEATURE) -> dict[str, Any]:
     """Group rows ``name@sSEED`` over seeds: per-seed metrics, mean and standard deviation."""
     groups: dict[str, list[tuple[dict, dict]]] = {}
     for row in store.rows():
         arrays, meta = store.load(row)
-        groups.setdefault(row.split("@")[0], []).append((score_row(arrays, meta, task.dev.labels, task.test.labels), meta))
+        scored = score_row(arrays, meta, task.dev.labels, task.test.labels, calibration_feature)
+        groups.setdefault(row.split("@")[0], []).append((scored, meta))
     results = {}
     for name, runs in groups.items():
         summary = {}

@@ -1,16 +1,19 @@
 """Turn a distance into a decision and a probability.
 
-``Calibrator`` is a logistic regression on one feature of the distance ``d``: by
-default ``p(similar | d) = sigmoid(w * d**2 + b)`` with ``w < 0`` (``feature="squared"``),
-or the plain ``sigmoid(w * d + b)`` (``feature="linear"``). Its threshold is the
-distance where ``p = 0.5``: ``tau = sqrt(-b / w)`` (squared) or ``-b / w`` (linear).
+``Calibrator`` is a logistic regression on the distance ``d``: by default
+``p(similar | d) = sigmoid(w * d**2 + b)`` with ``w < 0`` (``feature="squared"``), the
+plain ``sigmoid(w * d + b)`` (``feature="linear"``), or both terms,
+``sigmoid(w * d**2 + v * d + b)`` with ``w, v < 0`` (``feature="quadratic"``). Its
+threshold is the distance where ``p = 0.5``: ``tau = sqrt(-b / w)`` (squared), ``-b / w``
+(linear), the non-negative root of ``w d**2 + v d + b = 0`` (quadratic).
 Because ``d(x, y) == d(y, x)`` exactly, so is ``p``; and ``p`` falls as ``d`` grows,
 so ``d = 0`` gets the highest probability the model can give.
 
 Why squared by default: for unit-normalised embeddings ``d**2 = 2 - 2 cos``, so the
 squared form is the logistic on cosine similarity. On QQP the linear form is
 misspecified: even fitted on the test split itself its ECE is 0.031 (fine-tuned
-model), while the squared form fitted on dev scores 0.021 on test.
+model), while the squared form fitted on dev scores 0.021 on test. The quadratic form
+nests both; its two slopes are kept non-positive so ``p`` stays monotone in ``d``.
 
 ``SimilarityModel`` (in :mod:`metric_sim.model`) bundles encoder + metric + calibrator.
 """
@@ -32,7 +35,7 @@ from metric_sim.validation import (
     require_probability,
 )
 
-FEATURES = ("squared", "linear")
+FEATURES = ("squared", "linear", "quadratic")
 DEFAULT_FEATURE = "squared"
 # metric_sim.json files written before the feature was recorded were fitted on d.
 LEGACY_FEATURE = "linear"
@@ -45,7 +48,8 @@ def _signed_sqrt(value: float) -> float:
 @dataclass(frozen=True)
 class Calibrator:
     """``p(similar | d) = sigmoid(weight * phi(d) + bias)`` with ``phi(d) = d**2`` (``feature="squared"``)
-    or ``d`` (``"linear"``); similar when ``d <= threshold``."""
+    or ``d`` (``"linear"``), or ``sigmoid(weight * d**2 + linear_weight * d + bias)`` (``"quadratic"``);
+    similar when ``d <= threshold``."""
 
     weight: float
     bias: float
@@ -53,12 +57,20 @@ class Calibrator:
     n_fit: int = 0
     fitted_on: str | None = None
     feature: str = DEFAULT_FEATURE
+    linear_weight: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", Metric.parse(self.metric))
         require_choice("feature", self.feature, FEATURES)
-        if not (math.isfinite(self.weight) and math.isfinite(self.bias)):
-            raise CalibrationError(f"calibrator parameters must be finite, got weight={self.weight}, bias={self.bias}")
+        if not all(math.isfinite(value) for value in (self.weight, self.bias, self.linear_weight)):
+            raise CalibrationError(f"calibrator parameters must be finite, got weight={self.weight}, bias={self.bias}, "
+                                   f"linear_weight={self.linear_weight}")
+        if self.feature != "quadratic" and self.linear_weight != 0.0:
+            raise CalibrationError(f"linear_weight={self.linear_weight} is only used with feature='quadratic', "
+                                   f"not {self.feature!r}")
+        if self.feature == "quadratic" and self.linear_weight >= 0:
+            raise CalibrationError(f"calibrator linear_weight must be negative for feature='quadratic' (p must fall "
+                                   f"as d grows), got {self.linear_weight}")
         if self.weight >= 0:
             raise CalibrationError(
                 f"calibrator weight must be negative (larger distance -> less similar), got {self.weight}: "
@@ -75,7 +87,12 @@ class Calibrator:
         fitted_on: str | None = None,
         feature: str = DEFAULT_FEATURE,
     ) -> Calibrator:
-        """Fit on held-out pairs: ``labels`` 1 = similar. Never fit on the split you score on."""
+        """Fit on held-out pairs: ``labels`` 1 = similar. Never fit on the split you score on.
+
+        ``feature="quadratic"`` is the maximum-likelihood fit among curves that fall with ``d``
+        (both slopes negative). Where that optimum has a zero slope it is the squared or the
+        linear fit, and that calibrator is returned: read ``feature`` on the result.
+        """
         from sklearn.linear_model import LogisticRegression
 
         require_choice("feature", feature, FEATURES)
@@ -87,6 +104,8 @@ class Calibrator:
                 f"the calibration split has only one class (label {int(classes[0]) if classes.size else 'none'}, "
                 f"{d.size} pairs); it needs both similar and dissimilar pairs"
             )
+        if feature == "quadratic":
+            return cls._fit_quadratic(d, y, Metric.parse(metric), fitted_on)
         # Unregularised (C=inf): with one feature there is nothing to overfit, and a
         # penalty would bias the slope differently for Euclidean and Manhattan scales.
         # The feature is scaled to order 1 for the solver (Manhattan d**2 runs to hundreds)
@@ -103,6 +122,38 @@ class Calibrator:
         return cls(weight=weight, bias=float(model.intercept_[0]), metric=Metric.parse(metric), n_fit=int(d.size),
                    fitted_on=fitted_on, feature=feature)
 
+    @classmethod
+    def _fit_quadratic(cls, d: np.ndarray, y: np.ndarray, metric: Metric, fitted_on: str | None) -> Calibrator:
+        from sklearn.linear_model import LogisticRegression
+
+        # Solved by scaling d to order 1, as in fit(). sklearn has no bounds on coefficients, but none
+        # are needed: the log-likelihood is concave, so when the free optimum has a non-negative slope
+        # the best monotone curve lies on an edge of the quadrant, where one slope is 0; the best
+        # point of each edge is the one-feature fit.
+        scale = float(np.median(d)) or float(d.max()) or 1.0
+        z = d / scale
+        model = LogisticRegression(C=np.inf, tol=1e-8, max_iter=1000).fit(np.column_stack([z * z, z]), y)
+        squared_slope, linear_slope = (float(value) for value in model.coef_[0])
+        if squared_slope < 0 and linear_slope < 0:
+            return cls(weight=squared_slope / scale**2, bias=float(model.intercept_[0]), metric=metric, n_fit=int(d.size),
+                       fitted_on=fitted_on, feature="quadratic", linear_weight=linear_slope / scale)
+        edges, errors = [], []
+        for nested in ("squared", "linear"):
+            try:
+                edges.append(cls.fit(d, y, metric, fitted_on=fitted_on, feature=nested))
+            except CalibrationError as exc:
+                errors.append(exc)
+        if not edges:
+            raise errors[0]
+        return max(edges, key=lambda calibrator: calibrator.log_likelihood(d, y))
+
+    def log_likelihood(self, distances: Any, labels: Any) -> float:
+        """Sum of ``log p`` over similar pairs and ``log(1 - p)`` over the others (natural log)."""
+        logits = self.logits(distances)
+        y = as_binary_labels("labels", labels, logits.size)
+        # log(sigmoid(l)) = -log(1 + exp(-l)), computed without overflow.
+        return float(-np.logaddexp(0.0, np.where(y == 1, -logits, logits)).sum())
+
     @property
     def threshold(self) -> float:
         """The distance where ``p = 0.5``: pairs at ``d <= tau`` are predicted similar.
@@ -114,11 +165,16 @@ class Calibrator:
     @property
     def formula(self) -> str:
         """The fitted curve as a person reads it, e.g. ``sigmoid(-9.21 * d^2 + 2.99)``."""
+        if self.feature == "quadratic":
+            return f"sigmoid({self.weight:.6g} * d^2 + {self.linear_weight:.6g} * d + {self.bias:.6g})"
         term = "d^2" if self.feature == "squared" else "d"
         return f"sigmoid({self.weight:.6g} * {term} + {self.bias:.6g})"
 
     def logits(self, distances: Any) -> np.ndarray:
-        return self.weight * _feature_values(self.feature, as_distances("distances", distances)) + self.bias
+        d = as_distances("distances", distances)
+        if self.feature == "quadratic":
+            return (self.weight * d + self.linear_weight) * d + self.bias
+        return self.weight * _feature_values(self.feature, d) + self.bias
 
     def predict_proba(self, distances: Any) -> np.ndarray:
         from scipy.special import (
@@ -141,11 +197,16 @@ class Calibrator:
         return self._distance_for_logit(math.log(probability / (1.0 - probability)))
 
     def _distance_for_logit(self, logit: float) -> float:
+        if self.feature == "quadratic":
+            # The positive root of a d^2 + v d = |c| (a, v > 0), in the form that does not cancel;
+            # negative, like the squared form's signed root, when even d = 0 is below the logit.
+            a, v, c = -self.weight, -self.linear_weight, self.bias - logit
+            return math.copysign(2.0 * abs(c) / (v + math.sqrt(v * v + 4.0 * a * abs(c))), c)
         value = (logit - self.bias) / self.weight  # the feature value at this logit
         return _signed_sqrt(value) if self.feature == "squared" else value
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        payload = {
             "weight": self.weight,
             "bias": self.bias,
             "threshold": self.threshold,
@@ -154,6 +215,9 @@ class Calibrator:
             "n_fit": self.n_fit,
             "fitted_on": self.fitted_on,
         }
+        if self.feature == "quadratic":
+            payload["linear_weight"] = self.linear_weight
+        return payload
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> Calibrator:
@@ -169,6 +233,7 @@ class Calibrator:
             n_fit=int(payload.get("n_fit", 0)),
             fitted_on=payload.get("fitted_on"),
             feature=payload.get("feature", LEGACY_FEATURE),
+            linear_weight=float(payload.get("linear_weight", 0.0)),
         )
 
 

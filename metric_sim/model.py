@@ -68,7 +68,13 @@ def saved_calibrator(fields: SavedFields, name: str, metric: Metric, *, owner: s
                                "the calibrator was fitted for another metric")
     if weight >= 0:
         section.fail("weight", f"must be negative (a larger distance must mean less similar), got {weight!r}")
-    section.get("feature", str, required=False, choices=FEATURES)
+    feature = section.get("feature", str, required=False, choices=FEATURES)
+    linear_weight = section.get("linear_weight", float, required=False)
+    if feature == "quadratic" and (linear_weight is None or linear_weight >= 0):
+        section.fail("linear_weight", f"must be negative for feature 'quadratic' (a larger distance must mean less "
+                                      f"similar), got {linear_weight!r}")
+    if feature != "quadratic" and linear_weight not in (None, 0.0):
+        section.fail("linear_weight", f"is {linear_weight!r}, but only feature 'quadratic' has one (feature is {feature!r})")
     section.get("n_fit", int, required=False, minimum=0)
     section.get("fitted_on", str, required=False, nullable=True)
     calibrator = Calibrator.from_dict(section.payload)

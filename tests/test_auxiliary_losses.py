@@ -236,7 +236,8 @@ def test_a_config_without_auxiliary_losses_saves_as_before():
         assert list(saved) == SAVED_KEYS_BEFORE  # the same keys in the same order: the same train_config.json
         assert saved == {name: getattr(config, name) for name in SAVED_KEYS_BEFORE}
         assert TrainConfig.from_dict(saved) == config
-    assert [f.name for f in dataclasses.fields(TrainConfig)] == [*SAVED_KEYS_BEFORE, "auxiliary_losses", "layer_lr_decay"]
+    assert [f.name for f in dataclasses.fields(TrainConfig)] == [*SAVED_KEYS_BEFORE, "auxiliary_losses", "layer_lr_decay",
+                                                                 "calibration_feature"]
     # a run folder saved before the key existed loads unchanged
     legacy = json.loads((REPO_ROOT / "tests/fixtures/legacy/run/train_config.json").read_text())
     loaded = TrainConfig.from_dict({k: v for k, v in legacy.items() if k != "run"})

@@ -98,6 +98,23 @@ def test_score_row_distance_system_uses_the_library_calibrator_and_is_symmetric(
     assert 0.0 <= out["ece"] <= 1.0 and out["train_s"] == 12.0
 
 
+def test_score_row_fits_the_requested_calibrator_form():
+    from metric_sim import expected_calibration_error
+
+    arrays, y_dev, y_test = _distance_row()
+    meta = {"kind": "distance", "metric": "euclidean"}
+    default = quality.score_row(arrays, meta, y_dev, y_test)
+    for feature in ("linear", "quadratic"):
+        out = quality.score_row(arrays, meta, y_dev, y_test, calibration_feature=feature)
+        calibrator = quality.Calibrator.fit(arrays["dev"], y_dev, "euclidean", feature=feature)
+        assert out["calibration_feature"] == calibrator.feature
+        assert out["threshold"] == pytest.approx(calibrator.threshold)
+        assert out["ece"] == pytest.approx(expected_calibration_error(y_test, calibrator.predict_proba(arrays["test"])))
+        assert out["average_precision"] == default["average_precision"]  # the ranking does not depend on the form
+    assert default["calibration_feature"] == "squared"
+    assert quality.parse_args(["--work", "w", "--calibration-feature", "quadratic"]).calibration_feature == "quadratic"
+
+
 def test_score_row_logit_system_measures_asymmetry_through_platt_probabilities():
     rng = np.random.default_rng(3)
     y_dev, y_test = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
@@ -671,6 +688,13 @@ def test_calibration_floor_scores_cached_distance_rows_against_the_library_and_s
         scores = cross_val_score(LogisticRegression(C=np.inf, tol=1e-8, max_iter=1000), (x / np.median(x)).reshape(-1, 1),
                                  y_dev, cv=StratifiedKFold(5, shuffle=True, random_state=0), scoring="neg_log_loss")
         assert row["dev_cv_log_loss"][feature] == pytest.approx(-scores.mean(), abs=1e-6)
+    for feature in ("linear", "quadratic"):
+        fitted = Calibrator.fit(arrays["dev"], y_dev, "euclidean", feature=feature).predict_proba(arrays["test"])
+        assert row[f"ece_{feature}"] == pytest.approx(expected_calibration_error(y_test, fitted), abs=1e-12)
+    # the dev rule picks the form with the lowest held-out log-loss, and reports that form's test ECE
+    assert row["dev_choice"] == min(row["dev_cv_log_loss"], key=row["dev_cv_log_loss"].get)
+    assert set(row["dev_cv_log_loss"]) == {"squared", "linear", "quadratic"}
+    assert row["ece_dev_choice"] == row["ece" if row["dev_choice"] == "squared" else f"ece_{row['dev_choice']}"]
     assert "| ms_pair_ranking_tuned@s0 |" in capsys.readouterr().out
 
     with pytest.raises(SystemExit):

@@ -84,6 +84,97 @@ def test_hand_computed_probability_squared():
     assert never.threshold == -2.0 and never.predict([0.0, 1.0]).tolist() == [0, 0]
 
 
+def _logistic_sample(weight, linear_weight, bias, seed=0, n=3000):
+    """Labels drawn from sigmoid(weight d^2 + linear_weight d + bias) over distances in [0, 2)."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.0, 2.0, n)
+    p = 1.0 / (1.0 + np.exp(-(weight * d * d + linear_weight * d + bias)))
+    return d, (rng.random(n) < p).astype(int)
+
+
+def _bounded_oracle(distances, labels):
+    """Maximum likelihood over slopes <= 0 by a bounded quasi-Newton solve (scipy), no shortcut."""
+    from scipy.optimize import minimize
+
+    x = np.column_stack([distances**2, distances, np.ones_like(distances)])
+
+    def loss(theta):
+        logits = x @ theta
+        return float(np.logaddexp(0.0, np.where(labels == 1, -logits, logits)).sum())
+
+    result = minimize(loss, np.array([-1.0, -1.0, 0.0]), method="L-BFGS-B",
+                      bounds=[(None, 0.0), (None, 0.0), (None, None)], options={"ftol": 1e-14, "gtol": 1e-10})
+    return result.x, -result.fun
+
+
+def test_quadratic_fit_matches_sklearn_on_both_terms_and_inverts_exactly():
+    from sklearn.linear_model import LogisticRegression
+
+    d, y = _logistic_sample(-3.0, -2.0, 3.0)
+    cal = Calibrator.fit(d, y, "euclidean", fitted_on="dev", feature="quadratic")
+    assert cal.feature == "quadratic" and cal.weight < 0 and cal.linear_weight < 0
+    ref = LogisticRegression(C=np.inf, max_iter=10000, tol=1e-10).fit(np.column_stack([d * d, d]), y)
+    assert (cal.weight, cal.linear_weight) == pytest.approx(tuple(ref.coef_[0]), rel=1e-3)
+    assert cal.bias == pytest.approx(ref.intercept_[0], rel=1e-3)
+    # The quadratic nests both one-feature forms, so its likelihood is at least theirs.
+    for nested in ("squared", "linear"):
+        assert cal.log_likelihood(d, y) >= Calibrator.fit(d, y, "euclidean", feature=nested).log_likelihood(d, y) - 1e-9
+    assert cal.predict_proba([cal.threshold])[0] == pytest.approx(0.5)
+    for p in (0.2, 0.7, 0.9):
+        assert cal.predict_proba([cal.distance_at(p)])[0] == pytest.approx(p)
+    grid = np.linspace(0, 4, 400)
+    assert np.all(np.diff(cal.predict_proba(grid)) < 0)
+    np.testing.assert_array_equal(cal.predict(d), (d <= cal.threshold).astype(int))
+
+
+@pytest.mark.parametrize("truth, nested", [((-8.0, 2.0, 1.8), "squared"), ((0.5, -4.0, 3.0), "linear")])
+def test_quadratic_fit_keeps_p_monotone_and_matches_a_bounded_solver(truth, nested):
+    # The unconstrained best curve rises somewhere on d >= 0: the best falling one has a zero slope.
+    from sklearn.linear_model import LogisticRegression
+
+    d, y = _logistic_sample(*truth, seed=1)
+    free = LogisticRegression(C=np.inf, max_iter=10000, tol=1e-10).fit(np.column_stack([d * d, d]), y)
+    assert max(free.coef_[0]) > 0  # the data really ask for a non-monotone curve
+    cal = Calibrator.fit(d, y, "euclidean", feature="quadratic")
+    assert cal.feature == nested and cal.linear_weight == 0.0
+    _, oracle_ll = _bounded_oracle(d, y)
+    assert cal.log_likelihood(d, y) == pytest.approx(oracle_ll, abs=1e-4)
+    assert np.all(np.diff(cal.predict_proba(np.linspace(0, 4, 400))) < 0)
+
+
+def test_log_likelihood_is_the_hand_computed_sum():
+    cal = Calibrator(weight=-2.0, bias=8.0, metric="euclidean")
+    d, y = np.array([0.0, 1.0, 3.0]), np.array([1, 0, 0])
+    p = 1 / (1 + np.exp(-np.array([8.0, 6.0, -10.0])))
+    assert cal.log_likelihood(d, y) == pytest.approx(np.log(p[0]) + np.log(1 - p[1]) + np.log(1 - p[2]))
+
+
+def test_hand_computed_probability_quadratic():
+    cal = Calibrator(weight=-2.0, linear_weight=-1.0, bias=3.0, metric="euclidean", feature="quadratic")
+    assert cal.formula == "sigmoid(-2 * d^2 + -1 * d + 3)"
+    assert cal.threshold == pytest.approx(1.0)  # -2 - 1 + 3 = 0 at d = 1
+    assert cal.predict_proba([0.5])[0] == pytest.approx(1 / (1 + np.exp(-2.0)))  # -0.5 - 0.5 + 3
+    assert cal.distance_at(1 / (1 + np.exp(-2.0))) == pytest.approx(0.5)
+    assert cal.distance_at(0.99) < 0  # p(d=0) = sigmoid(3) = 0.953 is the most it gives
+    never = Calibrator(weight=-2.0, linear_weight=-1.0, bias=-4.0, metric="euclidean", feature="quadratic")
+    # Signed like the squared form's root: minus the positive root of 2 d^2 + d = 4.
+    assert never.threshold == pytest.approx(-(np.sqrt(33.0) - 1.0) / 4.0)
+    assert never.predict([0.0, 1.0]).tolist() == [0, 0]
+    payload = json.loads(json.dumps(cal.to_dict()))
+    assert payload["linear_weight"] == -1.0 and Calibrator.from_dict(payload) == cal
+    assert "linear_weight" not in Calibrator(weight=-2.0, bias=8.0, metric="euclidean").to_dict()
+
+
+def test_quadratic_slopes_are_checked():
+    with pytest.raises(CalibrationError, match="linear_weight must be negative.*got 0.5"):
+        Calibrator(weight=-1.0, linear_weight=0.5, bias=0.0, metric="euclidean", feature="quadratic")
+    with pytest.raises(CalibrationError, match="linear_weight=-1.0 is only used with feature='quadratic'"):
+        Calibrator(weight=-1.0, linear_weight=-1.0, bias=0.0, metric="euclidean")
+    d, y = _separable()
+    with pytest.raises(CalibrationError, match="does not separate"):
+        Calibrator.fit(d, 1 - y, "euclidean", feature="quadratic")
+
+
 def test_unknown_feature_is_refused():
     with pytest.raises(ValueError, match="feature.*'cubic'"):
         Calibrator(weight=-1.0, bias=0.0, metric="euclidean", feature="cubic")

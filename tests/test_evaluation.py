@@ -415,6 +415,23 @@ def test_cli_calibrate_stores_calibrator_then_evaluate_uses_it(tiny_encoder, pai
     assert payload["data"]["calibration_split"] is None
 
 
+def test_cli_calibrate_quadratic_feature_stores_the_library_fit_and_loads_back(tiny_encoder, pair_files, tmp_path, capsys):
+    pairs_file, split_file = pair_files
+    model_dir = SimilarityModel(tiny_encoder, "euclidean").save(tmp_path / "model")
+    source = ["--data", str(pairs_file), *COLUMNS, "--split-file", str(split_file)]
+    assert main(["calibrate", "--model", str(model_dir), *source, "--split", "dev", "--feature", "quadratic", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    _, dev = _splits(pair_files)
+    loaded = SimilarityModel.from_pretrained(model_dir)
+    oracle = Calibrator.fit(loaded.distance(dev.texts_a, dev.texts_b), dev.labels, "euclidean", feature="quadratic")
+    # The result may be a nested form (see Calibrator.fit); whichever it is, it is the library's fit.
+    assert result["calibrator"]["feature"] == oracle.feature
+    assert (loaded.calibrator.weight, loaded.calibrator.linear_weight, loaded.calibrator.bias) == pytest.approx(
+        (oracle.weight, oracle.linear_weight, oracle.bias))
+    assert main(["calibrate", "--model", str(model_dir), *source, "--split", "dev", "--feature", "cubic"]) == 2
+    assert "invalid choice: 'cubic'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

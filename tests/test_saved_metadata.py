@@ -124,6 +124,8 @@ INDEX_CASES = [
     ({"calibrator/bias": None}, "calibrator.bias"),
     ({"calibrator/threshold": 9.9}, "calibrator.threshold"),
     ({"calibrator/feature": "cubic"}, "calibrator.feature"),
+    ({"calibrator/feature": "quadratic"}, "calibrator.linear_weight"),
+    ({"calibrator/linear_weight": -1.0}, "calibrator.linear_weight"),
     ({"calibrator/n_fit": -1}, "calibrator.n_fit"),
     ({"files/index.faiss": DELETE}, "files['index.faiss']"),
     ({"files/store.sqlite/sha256": "xyz"}, "files['store.sqlite'].sha256"),
@@ -244,6 +246,9 @@ MODEL_CASES = [
     ({"calibrator/bias": "2"}, "calibrator.bias"),
     ({"calibrator/threshold": 0.1}, "calibrator.threshold"),
     ({"calibrator/feature": "cubic"}, "calibrator.feature"),
+    ({"calibrator/feature": "quadratic"}, "calibrator.linear_weight"),
+    ({"calibrator/linear_weight": -1.0}, "calibrator.linear_weight"),
+    ({"calibrator/linear_weight": "x"}, "calibrator.linear_weight"),
     ({"calibrator/n_fit": "many"}, "calibrator.n_fit"),
     ({"calibrator/fitted_on": 3}, "calibrator.fitted_on"),
 ]

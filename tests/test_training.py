@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from metric_sim.calibration import SimilarityModel
+from metric_sim.calibration import Calibrator, SimilarityModel
 from metric_sim.encoder import Encoder
 from metric_sim.losses import build_loss
 from metric_sim.training import (
@@ -305,6 +305,19 @@ def test_run_folder_layout_and_saved_model(tiny_encoder, small, tmp_path):
     assert ap == pytest.approx(metrics["dev"]["average_precision"], abs=1e-6)
     with pytest.raises(TrainingError, match="already holds a run"):
         train(_config(), run, encoder=tiny_encoder, train_data=small, dev_data=small, show_progress=False)
+
+
+def test_calibration_feature_sets_the_form_of_the_dev_calibrator(tiny_encoder, small, tmp_path):
+    config = _config(calibration_feature="quadratic")
+    assert config.to_dict()["calibration_feature"] == "quadratic" and "calibration_feature" not in _config().to_dict()
+    result = train(config, tmp_path / "run", encoder=tiny_encoder, train_data=small, dev_data=small, show_progress=False)
+    loaded = SimilarityModel.from_pretrained(tmp_path / "run" / "model")
+    oracle = Calibrator.fit(loaded.distance(small.texts_a, small.texts_b), small.labels, "euclidean", feature="quadratic")
+    assert loaded.calibrator.feature == oracle.feature == result.model.calibrator.feature
+    assert (loaded.calibrator.weight, loaded.calibrator.linear_weight, loaded.calibrator.bias) == pytest.approx(
+        (oracle.weight, oracle.linear_weight, oracle.bias), rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="calibration_feature must be one of.*'cubic'"):
+        _config(calibration_feature="cubic")
 
 
 def test_frozen_mode_trains_only_a_projection_head(tiny_encoder, small, tmp_path):

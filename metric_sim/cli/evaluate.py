@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from metric_sim.calibration import DEFAULT_FEATURE, FEATURES
 from metric_sim.cli.common import (
     EXIT_OK,
     Subparsers,
@@ -167,8 +168,9 @@ def add_calibrate_parser(sub: Subparsers) -> None:
     calibrate = sub.add_parser("calibrate", help="fit the distance -> probability calibrator on a held-out split and store it in the model folder")
     add_model_data_args(calibrate)
     calibrate.add_argument("--split", default=None, help="held-out split to fit on, e.g. dev (default: every pair of the file)")
-    calibrate.add_argument("--feature", choices=("squared", "linear"), default="squared",
-                           help="logistic on d^2 (default; the logistic on cosine for unit vectors) or on d")
+    calibrate.add_argument("--feature", choices=FEATURES, default=DEFAULT_FEATURE,
+                           help="logistic on d^2 (default; the logistic on cosine for unit vectors), on d, or on both "
+                                "(quadratic, both slopes negative)")
     calibrate.set_defaults(handler=cmd_calibrate)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metric_sim.calibration import DEFAULT_FEATURE, FEATURES
 from metric_sim.distances import Metric
 from metric_sim.errors import (
     ConfigError,
@@ -51,7 +52,7 @@ HARD_NEGATIVE_KEYS = ("file", "mine", "refresh_steps", *_MINING_KEYS)
 _FLOAT_FIELDS = {"dev_fraction", "score_low", "score_high", "learning_rate", "weight_decay", "warmup_ratio",
                  "epochs", "max_grad_norm", "l2sp_weight", "layer_lr_decay"}
 # Keys added later, with their off value: saved only when set, so older configs save as they did.
-_SAVED_WHEN_SET: dict[str, Any] = {"auxiliary_losses": [], "layer_lr_decay": 1.0}
+_SAVED_WHEN_SET: dict[str, Any] = {"auxiliary_losses": [], "layer_lr_decay": 1.0, "calibration_feature": DEFAULT_FEATURE}
 
 
 @dataclass
@@ -75,6 +76,9 @@ class TrainConfig:
 
     ``layer_lr_decay`` trains each encoder layer at that multiple of the rate of the layer above it
     (the top layer and any head at ``learning_rate``): :mod:`metric_sim.training.layers`.
+
+    ``calibration_feature`` is the form of the calibrator fitted on dev at the end of the run
+    (``squared``, ``linear`` or ``quadratic``): :class:`metric_sim.calibration.Calibrator`.
 
     ``freeze_layers`` (the embeddings/stem + the lowest N layers stay fixed) and ``l2sp_weight``
     (a penalty pulling the weights towards the starting ones) keep what the base model knew:
@@ -145,6 +149,7 @@ class TrainConfig:
     interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
     auxiliary_losses: list[dict[str, Any]] = field(default_factory=list)  # loss_config; saved only when set
     layer_lr_decay: float = 1.0  # each layer's lr = this x the lr of the layer above (layers.py); 1: off
+    calibration_feature: str = DEFAULT_FEATURE  # the dev calibrator's form: Calibrator.fit(feature=...)
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -195,6 +200,7 @@ class TrainConfig:
             )
         require_choice("sampler", self.sampler, SAMPLERS)
         require_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        require_choice("calibration_feature", self.calibration_feature, FEATURES)
         if self.pooling is not None:
             # loads torch: only when pooling is set
             from metric_sim.encoders.text import POOLING_MODES

@@ -495,7 +495,7 @@ def finish_run(config: TrainConfig, run_dir: Path, similarity: SimilarityModel, 
     if distances is None:  # e.g. the best step was evaluated before a resume
         distances = similarity.distance(dev_data.texts_a, dev_data.texts_b, batch_size=config.eval_batch_size)
     dev_labels = dev_data.labels
-    calibration = calibrate_on_dev(similarity, distances, dev_labels)
+    calibration = calibrate_on_dev(similarity, distances, dev_labels, feature=config.calibration_feature)
     extra = {"training": {"loss": config.loss, "loss_params": metric_loss.params, "steps": trainer.state.global_step}}
     if auxiliaries := metric_loss.describe_auxiliaries():  # absent without any: the metadata saves as before
         extra["training"]["auxiliary_losses"] = auxiliaries
