@@ -276,7 +276,7 @@ def test_model_card_states_the_run(exported):
     card = (exported["out"] / "README.md").read_text()
     for fact in (
         "A text encoder fine-tuned with [metric-sim]",
-        "one-feature logistic calibrator on that distance.",
+        "plus a logistic calibrator on that distance.",
         "base model: all-MiniLM-L6-v2",
         "data: qqp (train_split=train, dev_split=dev); training pairs: 16,327; dev pairs: 3,572",
         "loss: contrastive; margins: pos_margin: 0.0000, neg_margin: 7.5000; metric: manhattan",

@@ -62,7 +62,7 @@ def _report_markdown(payload: dict[str, Any], evaluations: Sequence[Evaluation],
     lines += [
         f"Scored on **{data['pairs']:,} pairs** ({data['positives']:,} similar) of `{data['source']}`, split **{split}**. "
         f"The decision is `similar when d(a, b) <= tau`, with `tau` and `p(similar | d) = {main.calibrator.formula}` from a "
-        f"one-feature logistic calibrator {main.calibrator_origin}.",
+        f"logistic calibrator {main.calibrator_origin}.",
         "",
         f"- At tau = {main.calibrator.threshold:.4f} the model is right on **{m['pairs']['accuracy']:.1%}** of the pairs "
         f"(F1 {m['pairs']['f1']:.4f}); ranking by distance gives AP {m['pairs']['average_precision']:.4f}, "

@@ -236,7 +236,7 @@ def render_model_card(
             else f"A text encoder exported by [metric-sim](https://pypi.org/project/metric-sim/) for use with the "
             f"raw **{metric.value}** distance between embeddings; no metric-sim training run came with it"
         )
-        + (", plus a one-feature logistic calibrator on that distance." if model.calibrator is not None else "."),
+        + (", plus a logistic calibrator on that distance." if model.calibrator is not None else "."),
         "",
         "## Model",
         "",

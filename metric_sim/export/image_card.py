@@ -134,7 +134,7 @@ def render_image_card(source: ExportSource, model: SimilarityModel, *, name: str
         (f"An encoder that maps {what} to one vector, " + ("fine-tuned with" if trained else "exported by")
          + f" [metric-sim](https://pypi.org/project/metric-sim/), so that the raw **{metric.value}** distance between "
          "two vectors tells whether two items are similar"
-         + (", plus a one-feature logistic calibrator on that distance." if model.calibrator is not None else ".")),
+         + (", plus a logistic calibrator on that distance." if model.calibrator is not None else ".")),
         "", "## Model", "",
         f"- starting point: {format_value(base)}",
     ]
