@@ -77,9 +77,6 @@ class TrainConfig:
     ``layer_lr_decay`` trains each encoder layer at that multiple of the rate of the layer above it
     (the top layer and any head at ``learning_rate``): :mod:`metric_sim.training.layers`.
 
-    ``calibration_feature`` is the form of the calibrator fitted on dev at the end of the run
-    (``squared``, ``linear`` or ``quadratic``): :class:`metric_sim.calibration.Calibrator`.
-
     ``freeze_layers`` (the embeddings/stem + the lowest N layers stay fixed) and ``l2sp_weight``
     (a penalty pulling the weights towards the starting ones) keep what the base model knew:
     :mod:`metric_sim.training.regularizers`; so do ``mix_pairs`` (``[{preset: NAME, split: SPLIT, share: S} or
@@ -149,7 +146,7 @@ class TrainConfig:
     interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
     auxiliary_losses: list[dict[str, Any]] = field(default_factory=list)  # loss_config; saved only when set
     layer_lr_decay: float = 1.0  # each layer's lr = this x the lr of the layer above (layers.py); 1: off
-    calibration_feature: str = DEFAULT_FEATURE  # the dev calibrator's form: Calibrator.fit(feature=...)
+    calibration_feature: str = DEFAULT_FEATURE  # form of the calibrator fitted on dev: Calibrator.fit(feature=...)
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -302,9 +299,7 @@ class TrainConfig:
         (``METRIC_SIM_DATA`` defaults to ``../shared/data``).
         """
         if not isinstance(payload, Mapping):
-            raise InvalidArgumentTypeError(
-                f"a training config must be a mapping of key -> value, got {type(payload).__name__}"
-            )
+            raise InvalidArgumentTypeError(f"a training config must be a mapping of key -> value, got {type(payload).__name__}")
         valid = cls.field_names()
         unknown = sorted((key for key in payload if key not in valid), key=repr)
         if unknown:
@@ -363,9 +358,7 @@ def check_hard_negatives(block: Any, metric: str, seed: int) -> dict[str, Any]:
     filled in from the config), or an empty dict for ``file``.
     """
     if not isinstance(block, Mapping):
-        raise ConfigError(
-            f"hard_negatives must be a mapping (file: PATH, or mine: true with mining options), got {block!r}"
-        )
+        raise ConfigError(f"hard_negatives must be a mapping (file: PATH, or mine: true with mining options), got {block!r}")
     unknown = sorted((key for key in block if key not in HARD_NEGATIVE_KEYS), key=repr)
     if unknown:
         raise ConfigError(f"unknown hard_negatives key(s) {[f'hard_negatives.{k}' for k in unknown]}; "
