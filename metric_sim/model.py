@@ -70,7 +70,7 @@ def saved_calibrator(fields: SavedFields, name: str, metric: Metric, *, owner: s
         section.fail("weight", f"must be negative (a larger distance must mean less similar), got {weight!r}")
     feature = section.get("feature", str, required=False, choices=FEATURES)
     linear_weight = section.get("linear_weight", float, required=False)
-    if feature == "quadratic" and (linear_weight is None or linear_weight >= 0):
+    if feature == "quadratic" and (linear_weight is None or not linear_weight < 0):  # NaN fails too
         section.fail("linear_weight", f"must be negative for feature 'quadratic' (a larger distance must mean less "
                                       f"similar), got {linear_weight!r}")
     if feature != "quadratic" and linear_weight not in (None, 0.0):
