@@ -64,9 +64,10 @@ def _ap(distances, labels):
     return average_precision_score(labels, -np.asarray(distances, dtype=np.float64))
 
 
-def test_fixed_alpha_mixes_the_saved_fine_tuned_model_with_the_rebuilt_start(tiny_encoder, splits, tmp_path):
+@pytest.mark.parametrize("feature", ["squared", "quadratic"])
+def test_fixed_alpha_mixes_the_saved_fine_tuned_model_with_the_rebuilt_start(feature, tiny_encoder, splits, tmp_path):
     start_dir = tiny_encoder.save(tmp_path / "tiny-start")  # the run builds its start from this folder
-    config = _config(model=str(start_dir), interpolate={"alpha": 0.5})
+    config = _config(model=str(start_dir), interpolate={"alpha": 0.5}, calibration_feature=feature)
     run = tmp_path / "run"
     result = _train(config, run, splits)
     tuned = SimilarityModel.from_pretrained(run / MODEL_FINETUNED_DIR)
@@ -87,10 +88,11 @@ def test_fixed_alpha_mixes_the_saved_fine_tuned_model_with_the_rebuilt_start(tin
     assert metrics["interpolation"] == {"alpha": 0.5, "base": "tiny-start", "chosen_by": "fixed in the config"}
     for folder, figures in ((model, metrics["dev"]), (tuned, metrics["finetuned_dev"])):
         distances = folder.distance(dev.texts_a, dev.texts_b)
-        oracle = Calibrator.fit(distances, dev.labels, folder.metric, fitted_on="dev")
-        assert folder.calibrator.fitted_on == "dev"
-        assert (folder.calibrator.weight, folder.calibrator.bias) == pytest.approx((oracle.weight, oracle.bias),
-                                                                                   rel=1e-6)
+        # Both fitted in the run's form (the interpolated model asks for it again, whatever the first fit gave).
+        oracle = Calibrator.fit(distances, dev.labels, folder.metric, fitted_on="dev", feature=feature)
+        assert folder.calibrator.fitted_on == "dev" and folder.calibrator.feature == oracle.feature
+        assert (folder.calibrator.weight, folder.calibrator.linear_weight, folder.calibrator.bias) == pytest.approx(
+            (oracle.weight, oracle.linear_weight, oracle.bias), rel=1e-6)
         assert figures["average_precision"] == pytest.approx(_ap(distances, dev.labels), abs=1e-9)
     assert metrics["dev"]["average_precision"] != metrics["finetuned_dev"]["average_precision"]
     assert "best_checkpoint" in metrics["finetuned_dev"]

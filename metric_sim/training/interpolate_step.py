@@ -59,6 +59,7 @@ class InterpolationStep:
     tolerance: float
     base_name: str | None
     rebuild: Callable[[], TrainableEncoder]
+    calibration_feature: str = DEFAULT_FEATURE  # the run's form, asked for again (a fit may fall back to a nested one)
     model: SimilarityModel | None = field(default=None, init=False)  # the mixed model, once finish() has run
 
     def keep_start(self, encoder: TrainableEncoder) -> None:
@@ -83,9 +84,7 @@ class InterpolationStep:
         if choice is not None:
             model.weight_interpolation = {**model.weight_interpolation,
                                           "selection": {"select_on": SELECT_ON, **choice.to_dict()}}
-        previous = finetuned.calibrator
-        dev = _calibrate_on_dev(model, dev_data, batch_size,
-                                previous.feature if previous is not None else DEFAULT_FEATURE)
+        dev = _calibrate_on_dev(model, dev_data, batch_size, self.calibration_feature)
         model.save(run_dir / MODEL_DIR, extra=extra)
         self.model = model
         section: dict[str, Any] = {"alpha": alpha, "base": model.weight_interpolation["base"],
@@ -131,6 +130,7 @@ def prepare_interpolation(config: TrainConfig, rebuild: Callable[[], TrainableEn
         tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE,
         base_name=config.model,
         rebuild=rebuild,
+        calibration_feature=config.calibration_feature,
     )
 
 
