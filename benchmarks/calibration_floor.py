@@ -37,7 +37,7 @@ from _common import environment, markdown_table, write_outputs  # noqa: E402
 from quality_data import TASKS, Store, load_task  # noqa: E402
 
 from metric_sim import Calibrator, ece_sampling_floor, expected_calibration_error  # noqa: E402
-from metric_sim.calibration import FEATURES  # noqa: E402
+from metric_sim.calibration import DEFAULT_FEATURE, FEATURES  # noqa: E402
 
 logger = logging.getLogger("calibration_floor")
 FOLDS = 5
@@ -60,15 +60,15 @@ def floor_row(arrays: dict[str, np.ndarray], metric: str, dev_labels: np.ndarray
               draws: int = 1000) -> dict[str, Any]:
     """The test ECE of one row's dev-fitted calibrator and its three references (see the module doc)."""
     dev, test = arrays["dev"], arrays["test"]
-    fitted = Calibrator.fit(dev, dev_labels, metric, fitted_on="dev")
-    p = fitted.predict_proba(test)
-    floor = ece_sampling_floor(p, draws=draws)
+    # Each form fitted on dev once; the default form's probabilities also give the floor.
+    probabilities = {feature: Calibrator.fit(dev, dev_labels, metric, fitted_on="dev", feature=feature).predict_proba(test)
+                     for feature in FEATURES}
+    ece_by_feature = {feature: expected_calibration_error(test_labels, p) for feature, p in probabilities.items()}
+    floor = ece_sampling_floor(probabilities[DEFAULT_FEATURE], draws=draws)
     on_test = Calibrator.fit(test, test_labels, metric, fitted_on="test")
-    ece_by_feature = {feature: expected_calibration_error(test_labels, Calibrator.fit(
-        dev, dev_labels, metric, fitted_on="dev", feature=feature).predict_proba(test)) for feature in FEATURES}
     log_loss = {feature: cross_validated_log_loss(dev, dev_labels, metric, feature) for feature in FEATURES}
     dev_choice = min(FEATURES, key=log_loss.__getitem__)
-    return {"ece": expected_calibration_error(test_labels, p),
+    return {"ece": ece_by_feature[DEFAULT_FEATURE],
             "floor_mean": floor["mean"], "floor_p95": floor["p95"], "floor_draws": floor["draws"],
             "ece_fitted_on_test": expected_calibration_error(test_labels, on_test.predict_proba(test)),
             "ece_linear": ece_by_feature["linear"], "ece_quadratic": ece_by_feature["quadratic"],

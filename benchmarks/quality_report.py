@@ -2,7 +2,8 @@
 quality targets, and the markdown tables (systems, and the fair-peer grid with its bootstrap).
 
 Distance rows are calibrated with the library's ``Calibrator`` fitted on dev (``squared`` unless a
-``calibration_feature`` is given, the same for every row), logit rows with a Platt fit on their dev logit; symmetry compares the probabilities of the swapped test pairs.
+``calibration_feature`` is given, the same for every row), logit rows with a Platt fit on their dev
+logit; symmetry compares the probabilities of the swapped test pairs.
 """
 
 from __future__ import annotations
