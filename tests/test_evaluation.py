@@ -432,9 +432,30 @@ def test_cli_calibrate_quadratic_feature_stores_the_library_fit_and_loads_back(t
     assert "invalid choice: 'cubic'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("feature", ["linear", "quadratic"])
+def test_cli_evaluate_calibration_feature_fits_model_and_baseline_in_that_form(tiny_encoder, pair_files, tmp_path, capsys, feature):
+    pairs_file, split_file = pair_files
+    model_dir = SimilarityModel(tiny_encoder).save(tmp_path / "model")
+    baseline_dir = SimilarityModel(build_other_encoder()).save(tmp_path / "baseline")
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(pairs_file), *COLUMNS, "--split-file", str(split_file),
+                 "--split", "test", "--calibrate-on", "dev", "--calibration-feature", feature, "--baseline", str(baseline_dir),
+                 "--report", str(tmp_path / "report"), "--batch-size", "16", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    _, dev = _splits(pair_files)
+    for name, folder in (("model", model_dir), ("baseline", baseline_dir)):
+        loaded = SimilarityModel.from_pretrained(folder)
+        oracle = Calibrator.fit(loaded.distance(dev.texts_a, dev.texts_b), dev.labels, "euclidean", feature=feature)
+        saved = payload["models"][name]["calibrator"]
+        assert saved["feature"] == oracle.feature and (feature == "quadratic" or oracle.feature == "linear")
+        assert (saved["weight"], saved.get("linear_weight", 0.0), saved["bias"]) == pytest.approx(
+            (oracle.weight, oracle.linear_weight, oracle.bias), rel=1e-9)
+        assert loaded.calibrator is None  # fitted for the report only, never stored
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["--split", "test", "--calibration-feature", "linear"], "--calibration-feature 'linear' is the form of a calibrator fitted"),
         (["--split", "test", "--calibrate-on", "test"], "is the scored --split"),
         (["--calibrate-on", "dev"], "needs --split"),
         (["--split", "test"], "no stored calibrator"),

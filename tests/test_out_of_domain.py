@@ -229,7 +229,8 @@ def test_cli_also_with_base_and_stored_calibrator_prints_one_line_per_set(tiny_e
     tuned_dir = SimilarityModel(build_tiny_encoder(seed=1)).save(tmp_path / "tuned")  # no run record
     base_dir = SimilarityModel(tiny_encoder).save(tmp_path / "base")
     source = ["--data", str(sets["pairs"]), *COLUMNS, "--split-file", str(sets["split"])]
-    assert main(["calibrate", "--model", str(tuned_dir), *source, "--split", "dev", "--json"]) == 0
+    # A linear stored calibrator (never a fallback form): the base's must be fitted in that form too.
+    assert main(["calibrate", "--model", str(tuned_dir), *source, "--split", "dev", "--feature", "linear", "--json"]) == 0
     capsys.readouterr()
     report = tmp_path / "report"
     assert main(["evaluate", "--model", str(tuned_dir), *source, "--split", "test", "--also", str(sets["a"]), str(sets["b"]),
@@ -247,7 +248,8 @@ def test_cli_also_with_base_and_stored_calibrator_prints_one_line_per_set(tiny_e
     assert section["base_model"]["model_calibrator"]["origin"].startswith("stored with the model")
     test = _load(sets["pairs"]).split_from_file(sets["split"], "test")
     base = SimilarityModel.from_pretrained(base_dir)
-    ref = Calibrator.fit(base.distance(test.texts_a, test.texts_b), test.labels, "euclidean")
+    ref = Calibrator.fit(base.distance(test.texts_a, test.texts_b), test.labels, "euclidean", feature="linear")
+    assert section["base_model"]["model_calibrator"]["feature"] == section["base_model"]["calibrator"]["feature"] == "linear"
     assert section["base_model"]["calibrator"]["weight"] == pytest.approx(ref.weight, rel=1e-9)
     assert "split 'test'" in section["base_model"]["calibrator"]["origin"]
 

@@ -29,6 +29,10 @@ def add_evaluate_parser(sub: Subparsers) -> None:
         help="fit the calibrator on this split of the same data for the report (never the scored split); default: the model's stored calibrator",
     )
     evaluate.add_argument(
+        "--calibration-feature", choices=FEATURES, default=None,
+        help=f"with --calibrate-on: form of the fitted calibrators, as `calibrate --feature` (default: {DEFAULT_FEATURE})",
+    )
+    evaluate.add_argument(
         "--baseline", default=None, metavar="MODEL",
         help="also evaluate this encoder beside the model, calibrated the same way (e.g. 'default': the packaged all-MiniLM-L6-v2)",
     )
@@ -51,6 +55,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from metric_sim.validation import require_positive_int
 
     batch_size = require_positive_int("--batch-size", args.batch_size)
+    if args.calibration_feature is not None and args.calibrate_on is None:
+        raise UsageError(f"--calibration-feature {args.calibration_feature!r} is the form of a calibrator fitted for the report: "
+                         "give --calibrate-on SPLIT (without it the model's stored calibrator is used, in its own form)")
     if args.calibrate_on is not None:
         if args.split is None:
             raise UsageError(f"--calibrate-on {args.calibrate_on!r} needs --split (the split to score), so that the two are disjoint")
@@ -87,6 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split or "all",
         calibration_pairs=calibration_pairs,
         calibration_split=args.calibrate_on,
+        calibration_feature=args.calibration_feature or DEFAULT_FEATURE,
         baseline=baseline,
         data={"preset": args.preset, "split_file": args.split_file},
         batch_size=batch_size,

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metric_sim.calibration import DEFAULT_FEATURE
 from metric_sim.errors import CalibrationError, InvalidArgumentError
 from metric_sim.evaluation.examples import example_rows, pair_line
 from metric_sim.evaluation.figures import FIGURES, write_figures
@@ -223,6 +224,7 @@ def evaluate_and_report(
     split: str = "all",
     calibration_pairs: Any = None,
     calibration_split: str | None = None,
+    calibration_feature: str = DEFAULT_FEATURE,
     baseline: SimilarityModel | None = None,
     baseline_name: str = "baseline",
     data: dict[str, Any] | None = None,
@@ -233,6 +235,9 @@ def evaluate_and_report(
     base_info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (and ``baseline``, calibrated the same way) and write the report.
+
+    With ``calibration_pairs``, every calibrator of the report is fitted on them in the
+    form ``calibration_feature``; without, the models' stored calibrators are used.
 
     ``out_of_domain`` (set name -> ``PairDataset``) adds the forgetting section: both
     ``model`` and ``base_model`` (its zero-shot start) scored on each set; see
@@ -247,7 +252,8 @@ def evaluate_and_report(
             "the baseline has no stored calibrator: give calibration pairs (--calibrate-on SPLIT) so it gets one like the model"
         )
     calibration_name = describe_split(calibration_pairs, calibration_split) if calibration_pairs is not None else None
-    common = dict(calibration_pairs=calibration_pairs, calibration_name=calibration_name, batch_size=batch_size, show_progress=show_progress)
+    common = dict(calibration_pairs=calibration_pairs, calibration_name=calibration_name, calibration_feature=calibration_feature,
+                  batch_size=batch_size, show_progress=show_progress)
     evaluations = [evaluate(model, pairs, name="model", **common)]
     if baseline is not None:
         evaluations.append(evaluate(baseline, pairs, name=baseline_name, **common))
@@ -264,8 +270,10 @@ def evaluate_and_report(
     out.mkdir(parents=True, exist_ok=True)
     section = None
     if out_of_domain is not None and base_model is not None:  # both or neither, checked above
+        # The base is fitted in the form asked for, else in the form of the model's stored calibrator.
+        base_feature = calibration_feature if calibration_pairs is not None else evaluations[0].calibrator.feature
         section = _out_of_domain_section(evaluations[0], model, base_model, out_of_domain, pairs, split,
-                                         calibration_pairs, calibration_name, base_info, batch_size, show_progress)
+                                         calibration_pairs, calibration_name, base_feature, base_info, batch_size, show_progress)
     grid = write_neighbour_grid(model, pairs, out, batch_size=batch_size)  # images and products only
     return write_report(out, evaluations, data=info, examples=_report_examples(evaluations[0], pairs),
                         extra_figures={"neighbours": grid.name} if grid is not None else None, out_of_domain=section)
@@ -273,14 +281,15 @@ def evaluate_and_report(
 
 def _out_of_domain_section(main: Evaluation, model: SimilarityModel, base_model: SimilarityModel,
                            datasets: Mapping[str, Any], pairs: Any, split: str, calibration_pairs: Any,
-                           calibration_name: str | None, base_info: Mapping[str, Any] | None, batch_size: int,
-                           show_progress: bool) -> dict[str, Any]:
+                           calibration_name: str | None, base_feature: str, base_info: Mapping[str, Any] | None,
+                           batch_size: int, show_progress: bool) -> dict[str, Any]:
     """The forgetting section, each model calibrated as ``evaluate`` calibrates.
 
     The rule: the fine-tuned model keeps the calibrator of the main evaluation (fitted on
     the calibration split, else the one stored with it). The base gets its own, fitted on
     in-domain pairs the evaluation uses: the same calibration split when there is one,
-    else the scored split (the base has no calibrator for this data of its own). The
+    else the scored split (the base has no calibrator for this data of its own), in the
+    form ``base_feature``. The
     out-of-domain sets never fit either; ``in_domain_pairs`` counts what a set shares with
     the in-domain pairs, and the report warns when that is not 0.
     """
@@ -290,7 +299,7 @@ def _out_of_domain_section(main: Evaluation, model: SimilarityModel, base_model:
         base_pairs, base_fit_name = pairs, describe_split(pairs, split if split != "all" else None)
     logger.info("out-of-domain: fitting the base model's calibrator on %s", base_fit_name)
     base_calibrator = base_model.fit_calibrator(base_pairs, fitted_on=base_fit_name, batch_size=batch_size,
-                                                show_progress=show_progress)
+                                                show_progress=show_progress, feature=base_feature)
     section = out_of_domain_report(
         SimilarityModel(model.encoder, main.metric, main.calibrator),
         SimilarityModel(base_model.encoder, base_model.metric, base_calibrator),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from metric_sim.calibration import Calibrator
+from metric_sim.calibration import DEFAULT_FEATURE, Calibrator
 from metric_sim.distances import Metric
 from metric_sim.errors import CalibrationError, InvalidArgumentError, InvalidArgumentTypeError
 from metric_sim.metrics import calibration_metrics, pair_metrics, retrieval_metrics, symmetry_gap
@@ -84,6 +84,7 @@ def evaluate(
     *,
     calibration_pairs: Any = None,
     calibration_name: str | None = None,
+    calibration_feature: str = DEFAULT_FEATURE,
     name: str = "model",
     retrieval: bool = True,
     batch_size: int = 64,
@@ -92,7 +93,8 @@ def evaluate(
     """Score ``model`` on ``pairs`` (a ``PairDataset``).
 
     The calibrator is fitted on ``calibration_pairs`` when given (never the scored
-    pairs), otherwise the model's stored one is used. The model itself is not changed.
+    pairs), in the form ``calibration_feature`` (see ``Calibrator.fit``); otherwise the
+    model's stored one is used, whatever its form. The model itself is not changed.
     """
     if not isinstance(model, SimilarityModel):
         raise InvalidArgumentTypeError(f"model must be a SimilarityModel, got {type(model).__name__}")
@@ -103,7 +105,8 @@ def evaluate(
     if calibration_pairs is not None:
         warnings_ += _check_not_scored_split(pairs, calibration_pairs)
         logger.info("%s: fitting the calibrator on %s", name, calibration_name or f"{len(calibration_pairs)} calibration pairs")
-        calibrator = model.fit_calibrator(calibration_pairs, fitted_on=calibration_name, batch_size=batch_size, show_progress=show_progress)
+        calibrator = model.fit_calibrator(calibration_pairs, fitted_on=calibration_name, batch_size=batch_size,
+                                          show_progress=show_progress, feature=calibration_feature)
         origin = f"fitted on {calibration_name or 'the calibration split'} for this report"
     elif model.calibrator is not None:
         calibrator = model.calibrator
