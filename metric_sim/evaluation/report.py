@@ -289,9 +289,8 @@ def _out_of_domain_section(main: Evaluation, model: SimilarityModel, base_model:
     the calibration split, else the one stored with it). The base gets its own, fitted on
     in-domain pairs the evaluation uses: the same calibration split when there is one,
     else the scored split (the base has no calibrator for this data of its own), in the
-    form ``base_feature``. The
-    out-of-domain sets never fit either; ``in_domain_pairs`` counts what a set shares with
-    the in-domain pairs, and the report warns when that is not 0.
+    form ``base_feature``. The out-of-domain sets never fit either; ``in_domain_pairs``
+    counts what a set shares with the in-domain pairs, and the report warns when that is not 0.
     """
     if calibration_pairs is not None:
         base_pairs, base_fit_name = calibration_pairs, calibration_name
