@@ -270,10 +270,8 @@ def evaluate_and_report(
     out.mkdir(parents=True, exist_ok=True)
     section = None
     if out_of_domain is not None and base_model is not None:  # both or neither, checked above
-        # The base is fitted in the form asked for, else in the form of the model's stored calibrator.
-        base_feature = calibration_feature if calibration_pairs is not None else evaluations[0].calibrator.feature
-        section = _out_of_domain_section(evaluations[0], model, base_model, out_of_domain, pairs, split,
-                                         calibration_pairs, calibration_name, base_feature, base_info, batch_size, show_progress)
+        section = _out_of_domain_section(evaluations[0], model, base_model, out_of_domain, pairs, split, calibration_pairs,
+                                         calibration_name, calibration_feature, base_info, batch_size, show_progress)
     grid = write_neighbour_grid(model, pairs, out, batch_size=batch_size)  # images and products only
     return write_report(out, evaluations, data=info, examples=_report_examples(evaluations[0], pairs),
                         extra_figures={"neighbours": grid.name} if grid is not None else None, out_of_domain=section)
@@ -281,21 +279,23 @@ def evaluate_and_report(
 
 def _out_of_domain_section(main: Evaluation, model: SimilarityModel, base_model: SimilarityModel,
                            datasets: Mapping[str, Any], pairs: Any, split: str, calibration_pairs: Any,
-                           calibration_name: str | None, base_feature: str, base_info: Mapping[str, Any] | None,
+                           calibration_name: str | None, calibration_feature: str, base_info: Mapping[str, Any] | None,
                            batch_size: int, show_progress: bool) -> dict[str, Any]:
     """The forgetting section, each model calibrated as ``evaluate`` calibrates.
 
     The rule: the fine-tuned model keeps the calibrator of the main evaluation (fitted on
     the calibration split, else the one stored with it). The base gets its own, fitted on
-    in-domain pairs the evaluation uses: the same calibration split when there is one,
-    else the scored split (the base has no calibrator for this data of its own), in the
-    form ``base_feature``. The out-of-domain sets never fit either; ``in_domain_pairs``
-    counts what a set shares with the in-domain pairs, and the report warns when that is not 0.
+    in-domain pairs the evaluation uses: the same calibration split, in the form
+    ``calibration_feature``, when there is one; else the scored split (the base has no
+    calibrator for this data of its own), in the form of the model's stored calibrator. The
+    out-of-domain sets never fit either; ``in_domain_pairs`` counts what a set shares with
+    the in-domain pairs, and the report warns when that is not 0.
     """
     if calibration_pairs is not None:
-        base_pairs, base_fit_name = calibration_pairs, calibration_name
+        base_pairs, base_fit_name, base_feature = calibration_pairs, calibration_name, calibration_feature
     else:
         base_pairs, base_fit_name = pairs, describe_split(pairs, split if split != "all" else None)
+        base_feature = main.calibrator.feature
     logger.info("out-of-domain: fitting the base model's calibrator on %s", base_fit_name)
     base_calibrator = base_model.fit_calibrator(base_pairs, fitted_on=base_fit_name, batch_size=batch_size,
                                                 show_progress=show_progress, feature=base_feature)
