@@ -37,23 +37,15 @@ from _common import environment, markdown_table, write_outputs  # noqa: E402
 from quality_data import TASKS, Store, load_task  # noqa: E402
 
 from metric_sim import Calibrator, ece_sampling_floor, expected_calibration_error  # noqa: E402
-from metric_sim.calibration import DEFAULT_FEATURE, FEATURES  # noqa: E402
+from metric_sim.calibration import (  # noqa: E402
+    DEFAULT_FEATURE,
+    FEATURES,
+    SELECTION_FOLDS,
+    choose_feature,
+    cross_validated_log_losses,
+)
 
 logger = logging.getLogger("calibration_floor")
-FOLDS = 5
-
-
-def cross_validated_log_loss(distances: np.ndarray, labels: np.ndarray, metric: str, feature: str,
-                             folds: int = FOLDS, seed: int = 0) -> float:
-    """Mean held-out log-loss of ``Calibrator.fit(feature=feature)`` over stratified folds of one split."""
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import StratifiedKFold
-
-    losses = []
-    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(distances, labels):
-        calibrator = Calibrator.fit(distances[fit], labels[fit], metric, feature=feature)
-        losses.append(log_loss(labels[held], calibrator.predict_proba(distances[held]), labels=[0, 1]))
-    return float(np.mean(losses))
 
 
 def floor_row(arrays: dict[str, np.ndarray], metric: str, dev_labels: np.ndarray, test_labels: np.ndarray,
@@ -66,8 +58,9 @@ def floor_row(arrays: dict[str, np.ndarray], metric: str, dev_labels: np.ndarray
     ece_by_feature = {feature: expected_calibration_error(test_labels, p) for feature, p in probabilities.items()}
     floor = ece_sampling_floor(probabilities[DEFAULT_FEATURE], draws=draws)
     on_test = Calibrator.fit(test, test_labels, metric, fitted_on="test")
-    log_loss = {feature: cross_validated_log_loss(dev, dev_labels, metric, feature) for feature in FEATURES}
-    dev_choice = min(FEATURES, key=log_loss.__getitem__)
+    # The rule of Calibrator.fit(feature="auto"), on dev.
+    log_loss = cross_validated_log_losses(dev, dev_labels, metric)
+    dev_choice = choose_feature(log_loss)
     return {"ece": ece_by_feature[DEFAULT_FEATURE],
             "floor_mean": floor["mean"], "floor_p95": floor["p95"], "floor_draws": floor["draws"],
             "ece_fitted_on_test": expected_calibration_error(test_labels, on_test.predict_proba(test)),
@@ -126,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row, r in results.items()])
     print(table)
     write_outputs(args.json, {"task": task.name, "work": str(args.work), "pairs": {"dev": len(task.dev), "test": len(task.test)},
-                              "folds": FOLDS, "environment": environment(), "results": results},
+                              "folds": SELECTION_FOLDS, "environment": environment(), "results": results},
                   args.markdown, table)
     return 0
 

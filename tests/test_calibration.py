@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from metric_sim.calibration import CalibrationError, Calibrator, SimilarityModel
+from metric_sim.calibration import (
+    CalibrationError,
+    Calibrator,
+    SimilarityModel,
+    choose_feature,
+    cross_validated_log_losses,
+)
 from metric_sim.distances import Metric
 from metric_sim.encoders import ItemEncoder
 from metric_sim.validation import require_texts
@@ -140,6 +146,71 @@ def test_quadratic_fit_keeps_p_monotone_and_matches_a_bounded_solver(truth, nest
     _, oracle_ll = _bounded_oracle(d, y)
     assert cal.log_likelihood(d, y) == pytest.approx(oracle_ll, abs=1e-4)
     assert np.all(np.diff(cal.predict_proba(np.linspace(0, 4, 400))) < 0)
+
+
+def _held_out_log_loss_oracle(d, y, feature, folds):
+    """sklearn's own cross-validation of the one-term logistic (squared, linear), or the library's
+    quadratic fit scored by sklearn's log_loss on the same stratified folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    cv = StratifiedKFold(folds, shuffle=True, random_state=0)
+    if feature == "quadratic":
+        return np.mean([log_loss(y[held], Calibrator.fit(d[fit], y[fit], "euclidean", feature="quadratic")
+                                 .predict_proba(d[held]), labels=[0, 1]) for fit, held in cv.split(d, y)])
+    x = d * d if feature == "squared" else d
+    scores = cross_val_score(LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000), x.reshape(-1, 1), y, cv=cv,
+                             scoring="neg_log_loss")
+    return -scores.mean()
+
+
+@pytest.mark.parametrize("truth", [(-6.0, 0.0, 3.0), (0.0, -4.0, 3.0), (-3.0, -2.0, 3.0)])
+def test_auto_fits_the_form_with_the_lowest_held_out_log_loss(truth):
+    d, y = _logistic_sample(*truth, seed=2)
+    losses = cross_validated_log_losses(d, y, "euclidean")
+    for feature, loss in losses.items():
+        assert loss == pytest.approx(_held_out_log_loss_oracle(d, y, feature, folds=5), rel=1e-5)
+    chosen = min(losses, key=losses.get)
+    auto = Calibrator.fit(d, y, "euclidean", fitted_on="dev", feature="auto")
+    # The chosen form, refitted on every pair: the same calibrator as asking for that form.
+    assert auto == Calibrator.fit(d, y, "euclidean", fitted_on="dev", feature=chosen)
+    assert auto.feature in ("squared", "linear", "quadratic")
+
+
+def test_auto_on_clearly_shaped_data_picks_that_shape():
+    # 20,000 pairs from a pure d^2 curve and from a pure d curve: the held-out rule recovers each
+    # (a quadratic fit may tie, and ties go to the simpler form).
+    d, y = _logistic_sample(-6.0, 0.0, 3.0, seed=3, n=20000)
+    assert Calibrator.fit(d, y, "euclidean", feature="auto").feature == "squared"
+    d, y = _logistic_sample(0.0, -6.0, 4.0, seed=3, n=20000)
+    assert Calibrator.fit(d, y, "euclidean", feature="auto").feature in ("linear", "quadratic")
+    losses = cross_validated_log_losses(d, y, "euclidean")
+    assert losses["linear"] < losses["squared"]
+
+
+def test_choose_feature_prefers_the_simpler_form_on_ties_and_the_default_when_nothing_was_scored():
+    inf = float("inf")
+    assert choose_feature({"squared": 0.3, "linear": 0.3, "quadratic": 0.3}) == "squared"
+    assert choose_feature({"squared": 0.31, "linear": 0.3, "quadratic": 0.3}) == "linear"
+    assert choose_feature({"squared": inf, "linear": 0.5, "quadratic": 0.4}) == "quadratic"
+    assert choose_feature({"squared": inf, "linear": inf, "quadratic": inf}) == "squared"
+
+
+def test_held_out_folds_shrink_to_the_smaller_class_and_auto_still_fits():
+    d, y = _logistic_sample(-6.0, 0.0, 3.0, seed=4, n=400)
+    few = np.concatenate([np.flatnonzero(y == 1)[:3], np.flatnonzero(y == 0)])  # 3 similar pairs only
+    d_few, y_few = d[few], y[few]
+    losses = cross_validated_log_losses(d_few, y_few, "euclidean")
+    assert losses["linear"] == pytest.approx(_held_out_log_loss_oracle(d_few, y_few, "linear", folds=3), rel=1e-5)
+    one = np.concatenate([np.flatnonzero(y == 1)[:1], np.flatnonzero(y == 0)])  # nothing to cross-validate
+    assert all(np.isinf(v) for v in cross_validated_log_losses(d[one], y[one], "euclidean").values())
+    assert Calibrator.fit(d[one], y[one], "euclidean", feature="auto") == Calibrator.fit(d[one], y[one], "euclidean")
+    with pytest.raises(ValueError, match="feature.*'cubic'"):
+        Calibrator.fit(d, y, "euclidean", feature="cubic")
+    d, y = _separable()
+    with pytest.raises(CalibrationError, match="does not separate"):
+        Calibrator.fit(d, 1 - y, "euclidean", feature="auto")
 
 
 def test_log_likelihood_is_the_hand_computed_sum():

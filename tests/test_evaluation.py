@@ -415,24 +415,28 @@ def test_cli_calibrate_stores_calibrator_then_evaluate_uses_it(tiny_encoder, pai
     assert payload["data"]["calibration_split"] is None
 
 
-def test_cli_calibrate_quadratic_feature_stores_the_library_fit_and_loads_back(tiny_encoder, pair_files, tmp_path, capsys):
+@pytest.mark.parametrize("feature", ["quadratic", "auto"])
+def test_cli_calibrate_feature_stores_the_library_fit_and_loads_back(tiny_encoder, pair_files, tmp_path, capsys, feature):
     pairs_file, split_file = pair_files
     model_dir = SimilarityModel(tiny_encoder, "euclidean").save(tmp_path / "model")
     source = ["--data", str(pairs_file), *COLUMNS, "--split-file", str(split_file)]
-    assert main(["calibrate", "--model", str(model_dir), *source, "--split", "dev", "--feature", "quadratic", "--json"]) == 0
+    assert main(["calibrate", "--model", str(model_dir), *source, "--split", "dev", "--feature", feature, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     _, dev = _splits(pair_files)
     loaded = SimilarityModel.from_pretrained(model_dir)
-    oracle = Calibrator.fit(loaded.distance(dev.texts_a, dev.texts_b), dev.labels, "euclidean", feature="quadratic")
+    oracle = Calibrator.fit(loaded.distance(dev.texts_a, dev.texts_b), dev.labels, "euclidean", feature=feature)
     # The result may be a nested form (see Calibrator.fit); whichever it is, it is the library's fit.
     assert result["calibrator"]["feature"] == oracle.feature
     assert (loaded.calibrator.weight, loaded.calibrator.linear_weight, loaded.calibrator.bias) == pytest.approx(
         (oracle.weight, oracle.linear_weight, oracle.bias))
     assert main(["calibrate", "--model", str(model_dir), *source, "--split", "dev", "--feature", "cubic"]) == 2
     assert "invalid choice: 'cubic'" in capsys.readouterr().err
+    if feature == "auto":  # the text output says which form was chosen, and why
+        assert main(["calibrate", "--model", str(model_dir), *source, "--split", "dev", "--feature", "auto"]) == 0
+        assert f"form {oracle.feature!r}: the lowest 5-fold held-out log-loss" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("feature", ["linear", "quadratic"])
+@pytest.mark.parametrize("feature", ["linear", "quadratic", "auto"])
 def test_cli_evaluate_calibration_feature_fits_model_and_baseline_in_that_form(tiny_encoder, pair_files, tmp_path, capsys, feature):
     pairs_file, split_file = pair_files
     model_dir = SimilarityModel(tiny_encoder).save(tmp_path / "model")
@@ -446,7 +450,7 @@ def test_cli_evaluate_calibration_feature_fits_model_and_baseline_in_that_form(t
         loaded = SimilarityModel.from_pretrained(folder)
         oracle = Calibrator.fit(loaded.distance(dev.texts_a, dev.texts_b), dev.labels, "euclidean", feature=feature)
         saved = payload["models"][name]["calibrator"]
-        assert saved["feature"] == oracle.feature and (feature == "quadratic" or oracle.feature == "linear")
+        assert saved["feature"] == oracle.feature and (feature != "linear" or oracle.feature == "linear")
         assert (saved["weight"], saved.get("linear_weight", 0.0), saved["bias"]) == pytest.approx(
             (oracle.weight, oracle.linear_weight, oracle.bias), rel=1e-9)
         assert loaded.calibrator is None  # fitted for the report only, never stored

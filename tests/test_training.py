@@ -307,12 +307,13 @@ def test_run_folder_layout_and_saved_model(tiny_encoder, small, tmp_path):
         train(_config(), run, encoder=tiny_encoder, train_data=small, dev_data=small, show_progress=False)
 
 
-def test_calibration_feature_sets_the_form_of_the_dev_calibrator(tiny_encoder, small, tmp_path):
-    config = _config(calibration_feature="quadratic")
-    assert config.to_dict()["calibration_feature"] == "quadratic" and "calibration_feature" not in _config().to_dict()
+@pytest.mark.parametrize("feature", ["quadratic", "auto"])
+def test_calibration_feature_sets_the_form_of_the_dev_calibrator(tiny_encoder, small, tmp_path, feature):
+    config = _config(calibration_feature=feature)
+    assert config.to_dict()["calibration_feature"] == feature and "calibration_feature" not in _config().to_dict()
     result = train(config, tmp_path / "run", encoder=tiny_encoder, train_data=small, dev_data=small, show_progress=False)
     loaded = SimilarityModel.from_pretrained(tmp_path / "run" / "model")
-    oracle = Calibrator.fit(loaded.distance(small.texts_a, small.texts_b), small.labels, "euclidean", feature="quadratic")
+    oracle = Calibrator.fit(loaded.distance(small.texts_a, small.texts_b), small.labels, "euclidean", feature=feature)
     assert loaded.calibrator.feature == oracle.feature == result.model.calibrator.feature
     assert (loaded.calibrator.weight, loaded.calibrator.linear_weight, loaded.calibrator.bias) == pytest.approx(
         (oracle.weight, oracle.linear_weight, oracle.bias), rel=1e-4, abs=1e-6)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metric_sim.calibration import DEFAULT_FEATURE, FEATURES
+from metric_sim.calibration import DEFAULT_FEATURE, FIT_FEATURES
 from metric_sim.distances import Metric
 from metric_sim.errors import (
     ConfigError,
@@ -146,7 +146,7 @@ class TrainConfig:
     interpolate: dict[str, Any] | None = None  # WiSE-FT at the end of the run; checked in interpolate_config
     auxiliary_losses: list[dict[str, Any]] = field(default_factory=list)  # loss_config; saved only when set
     layer_lr_decay: float = 1.0  # each layer's lr = this x the lr of the layer above (layers.py); 1: off
-    calibration_feature: str = DEFAULT_FEATURE  # form of the calibrator fitted on dev: Calibrator.fit(feature=...)
+    calibration_feature: str = DEFAULT_FEATURE  # form of the calibrator fitted on dev, or auto: Calibrator.fit(feature=...)
 
     def __post_init__(self) -> None:
         self._check_data_and_names()
@@ -197,7 +197,7 @@ class TrainConfig:
             )
         require_choice("sampler", self.sampler, SAMPLERS)
         require_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        require_choice("calibration_feature", self.calibration_feature, FEATURES)
+        require_choice("calibration_feature", self.calibration_feature, FIT_FEATURES)
         if self.pooling is not None:
             # loads torch: only when pooling is set
             from metric_sim.encoders.text import POOLING_MODES
