@@ -18,6 +18,7 @@ local gradient by ``grad_scale``, see :class:`metric_sim.losses.CrossRankLoss`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -101,10 +102,19 @@ def close_process_group() -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
+    _collect_unreachable()
     try:
         barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _collect_unreachable() -> None:
+    # A finished Trainer sits in reference cycles holding the DDP reducer, and through it the
+    # group and gloo's pending work. Freed only at interpreter finalization, that work's tensors
+    # take the GIL while the interpreter is torn down and the rank aborts (pytorch#179291); so
+    # free them now, while the interpreter is whole.
+    gc.collect()
 
 
 @contextlib.contextmanager
@@ -120,6 +130,7 @@ def closing_process_group() -> Iterator[None]:
         yield
     except BaseException:
         if dist.is_available() and dist.is_initialized():
+            _collect_unreachable()
             dist.destroy_process_group()
         raise
     close_process_group()

@@ -7,6 +7,7 @@ gets there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -62,6 +63,34 @@ def test_a_failed_barrier_still_closes_the_group_and_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         close_process_group()
     assert group.calls == ["barrier", "destroy"] and not group.open
+
+
+class Cycle:
+    """Unreachable once built: only the cycle collector frees it (as a finished Trainer and its DDP wrapper)."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls, self.me = calls, self
+
+    def __del__(self) -> None:
+        self.calls.append("cycle freed")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_unreachable_cycles_are_freed_before_the_group_is_closed(monkeypatch, fails):
+    import gc
+
+    group = FakeGroup(monkeypatch, open_=True)
+    gc.collect()
+    gc.disable()  # no automatic collection in between: only close_process_group's own
+    try:
+        Cycle(group.calls)
+        assert group.calls == []
+        with contextlib.suppress(ValueError), closing_process_group():
+            if fails:
+                raise ValueError("rank failed")
+    finally:
+        gc.enable()
+    assert group.calls == (["cycle freed", "destroy"] if fails else ["cycle freed", "barrier", "destroy"])
 
 
 def test_without_a_group_nothing_is_called(monkeypatch):
