@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from metric_sim.calibration import DEFAULT_FEATURE, FIT_FEATURES
+from metric_sim.calibration import DEFAULT_FEATURE, FIT_FEATURES, SELECTION_FOLDS
 from metric_sim.cli.common import (
     EXIT_OK,
     Subparsers,
@@ -178,7 +178,7 @@ def add_calibrate_parser(sub: Subparsers) -> None:
     calibrate.add_argument("--split", default=None, help="held-out split to fit on, e.g. dev (default: every pair of the file)")
     calibrate.add_argument("--feature", choices=FIT_FEATURES, default=DEFAULT_FEATURE,
                            help="logistic on d^2 (default; the logistic on cosine for unit vectors), on d, or on both "
-                                "(quadratic, both slopes negative); auto: the one with the lowest 5-fold held-out log-loss on the split")
+                                f"(quadratic, both slopes negative); auto: the one with the lowest {SELECTION_FOLDS}-fold held-out log-loss on the split")
     calibrate.set_defaults(handler=cmd_calibrate)
 
 
@@ -211,7 +211,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"fitted on {calibrator.fitted_on}: {result['positives']:,} similar pairs")
     print(f"p(similar | d) = {calibrator.formula}   ({model.metric.value} distance)")
     if args.feature == "auto":
-        print(f"form {calibrator.feature!r}: the lowest 5-fold held-out log-loss on these pairs")
+        print(f"form {calibrator.feature!r}: the lowest {SELECTION_FOLDS}-fold held-out log-loss on these pairs")
     print(f"threshold tau = {calibrator.threshold:.4f}: similar when d <= tau;  p(d=0) = {result['max_probability']:.4f}")
     if previous is not None:
         print(f"replaced the previous calibrator (tau = {previous.threshold:.4f}, fitted on {previous.fitted_on})")
